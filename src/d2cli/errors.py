@@ -1,0 +1,78 @@
+"""Every user-facing failure of d2cli, with its exit code.
+
+The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``;
+nothing else in the package decides exit codes.
+
+Exit codes (documented in the README for shell scripts):
+
+====  ==========================================================
+ 0    everything was done
+ 1    the command ran, but some items (images, pairs, queries) failed
+ 2    usage or set-up error: bad option, missing/corrupt input, unknown model,
+      unwritable output, empty input, output locked by another run
+ 130  interrupted (Ctrl-C / SIGTERM); finished work is saved, re-run to resume
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class D2Error(Exception):
+    """Base class: a one-line message for the user and an exit code."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(D2Error):
+    """Bad or inconsistent options."""
+
+
+class InputNotFound(D2Error):
+    """A file or folder the user named does not exist."""
+
+
+class EmptyInput(D2Error):
+    """Nothing to do: no images, no pairs."""
+
+
+class BadImage(D2Error):
+    """An image that cannot be decoded (reported per image, the batch goes on)."""
+
+
+class UnknownModel(D2Error):
+    """A model name that is neither built in, cached, nor an existing file."""
+
+
+class BadCheckpoint(D2Error):
+    """A weights file that is missing, corrupt or not a D2-Net checkpoint."""
+
+
+class BadFile(D2Error):
+    """A features/matches/pairs/model file that is unreadable or malformed."""
+
+
+class MissingName(D2Error):
+    """A name (image, pair) that is not in the file it should be in."""
+
+
+class OutputError(D2Error):
+    """The output cannot be written (permissions, a directory in the way...)."""
+
+
+class OutputLocked(D2Error):
+    """Another d2 process is writing the same output."""
+
+
+class IncompatibleFeatures(D2Error):
+    """Features made with different models or settings would be mixed."""
+
+
+class PartialFailure(D2Error):
+    """Some items failed; the rest were done."""
+
+    exit_code = EXIT_PARTIAL

@@ -1,0 +1,142 @@
+"""Image decoding, the reference resize policy and network preprocessing.
+
+Everything here reproduces `extract_features.py` of the reference D2-Net code
+(see docs/parity.md): Pillow decoding without EXIF rotation (COLMAP does not
+rotate either), scipy<=1.2 ``imresize`` semantics on top of Pillow's BILINEAR
+filter, and 'caffe' / 'torch' preprocessing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadImage
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff")
+
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
+TORCH_MEAN_RGB = np.array([0.485, 0.456, 0.406])
+TORCH_STD_RGB = np.array([0.229, 0.224, 0.225])
+PREPROCESSING = ("caffe", "torch", "none")
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image to an (H, W, 3) uint8 RGB array; raises BadImage with the reason.
+
+    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images become RGB;
+    EXIF orientation is ignored on purpose (COLMAP keeps the stored pixel grid).
+    """
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return _to_rgb(im)
+    except FileNotFoundError:
+        raise BadImage(f"{p}: no such file") from None
+    except UnidentifiedImageError:
+        raise BadImage(f"{p}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImage(f"{p}: cannot decode ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"{p}: {e}") from None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grayscale: scale the full range to 8 bits instead of clipping
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        g = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        g = np.clip(np.round(a * 255.0 if a.max() <= 1.0 else a), 0, 255).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    if im.mode == "L":
+        g = np.asarray(im)
+        return np.repeat(g[:, :, None], 3, axis=2)  # as the reference: gray repeated
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA").convert("RGB")
+    else:
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def imresize(image: np.ndarray, factor: float) -> np.ndarray:
+    """scipy<=1.2 ``misc.imresize(image, factor)`` (bilinear) on an (H, W, 3) array -> uint8.
+
+    Size = float64 product truncated toward zero; a non-uint8 input is first
+    byte-scaled to 0..255 over its global min/max, as scipy's ``toimage`` did.
+    """
+    if image.dtype != np.uint8:
+        image = bytescale(image)
+    h, w = image.shape[:2]
+    size = tuple((np.array([w, h]) * factor).astype(int))  # (W, H), truncated
+    if min(size) < 1:
+        raise BadImage(f"image of {w}x{h} would be resized to {size[0]}x{size[1]}")
+    return np.asarray(Image.fromarray(image).resize(size, resample=Image.BILINEAR))
+
+
+def bytescale(data: np.ndarray) -> np.ndarray:
+    """scipy's ``bytescale`` with default arguments: min..max -> 0..255, uint8."""
+    cmin, cmax = float(data.min()), float(data.max())
+    scale = 255.0 / ((cmax - cmin) or 1)
+    out = (data - cmin) * scale + 0.4999
+    return (np.clip(out, 0, 255)).astype(np.uint8)
+
+
+@dataclass
+class Resized:
+    """The network input (before preprocessing) and how it maps back to the original."""
+
+    image: np.ndarray  # (h, w, 3), uint8 or float64 as the reference leaves it
+    fact_i: float  # original rows / resized rows
+    fact_j: float  # original cols / resized cols
+
+
+def resize_for_network(image: np.ndarray, max_edge: int = 1600, max_sum_edges: int = 2800) -> Resized:
+    """The reference resize policy: cap the longest edge, then the sum of both edges.
+
+    The first test uses ``max(image.shape)`` (channel count included, as the
+    reference); the second runs on the already-reduced image.
+    """
+    r: np.ndarray = image
+    if max(r.shape) > max_edge:
+        r = imresize(r, max_edge / max(r.shape)).astype(np.float64)
+    if r.shape[0] + r.shape[1] > max_sum_edges:
+        r = imresize(r, max_sum_edges / (r.shape[0] + r.shape[1])).astype(np.float64)
+    return Resized(r, image.shape[0] / r.shape[0], image.shape[1] / r.shape[1])
+
+
+def preprocess(image: np.ndarray, mode: str = "caffe") -> np.ndarray:
+    """(H, W, 3) RGB 0..255 -> (3, H, W) float32 network input.
+
+    caffe: BGR minus the ImageNet mean, 0..255 range. torch: RGB /255, mean/std.
+    Computed in float64 and cast once, as the reference does.
+    """
+    x = np.transpose(image.astype(np.float32), (2, 0, 1))
+    if mode == "caffe":
+        x = x[::-1] - CAFFE_MEAN_BGR.reshape(3, 1, 1)
+    elif mode == "torch":
+        x = x / np.float32(255.0)
+        x = (x - TORCH_MEAN_RGB.reshape(3, 1, 1)) / TORCH_STD_RGB.reshape(3, 1, 1)
+    elif mode in ("none", None):
+        pass
+    else:
+        raise ValueError(f"unknown preprocessing {mode!r} (choose from {', '.join(PREPROCESSING)})")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """Image files under a folder, recursively, sorted by relative POSIX path."""
+    root = Path(root)
+    found = [
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    ]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
