@@ -19,6 +19,7 @@ from .detect import detect, normalize_descriptors, sample_descriptors
 
 SINGLE_SCALE = (1.0,)
 MULTI_SCALE = (0.5, 1.0, 2.0)
+MIN_INPUT = 8  # the smallest input side that still gives a feature map
 
 
 @dataclass
@@ -44,58 +45,77 @@ def upscale_positions(pos: torch.Tensor, scaling_steps: int = 2) -> torch.Tensor
 
 
 def extract_multiscale(
-    image: torch.Tensor,
+    images: torch.Tensor,
     dense_features: Callable[[torch.Tensor], torch.Tensor],
     scales: Sequence[float] = SINGLE_SCALE,
-) -> Keypoints:
-    """D2-Net features of one preprocessed image (1, 3, H, W) over a pyramid.
+) -> list[Keypoints]:
+    """D2-Net features of a batch of preprocessed images (B, 3, H, W) of one size.
 
-    ``dense_features`` maps (1, 3, h, w) to (1, C, h', w') post-ReLU features.
+    ``dense_features`` maps (B, 3, h, w) to (B, C, h', w') post-ReLU features; the
+    network runs once per level for the whole batch, detection per image.
     """
-    _, _, h_init, w_init = image.shape
-    acc_prev: torch.Tensor | None = None
-    banned: torch.Tensor | None = None
-    out: list[Keypoints] = []
+    B, _, h_init, w_init = images.shape
+    acc_prev: list[torch.Tensor | None] = [None] * B
+    banned: list[torch.Tensor | None] = [None] * B
+    found: list[list[Keypoints]] = [[] for _ in range(B)]
+    channels = 512
     for idx, scale in enumerate(scales):
-        level = F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=True)
+        level = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=True)
         _, _, h_level, w_level = level.shape
-        D = dense_features(level)
+        if min(h_level, w_level) < MIN_INPUT:
+            continue  # too small for the network: this level has no map
+        D_all = dense_features(level)
         del level
-        _, C, h, w = D.shape
-        if acc_prev is not None:
-            D = D + F.interpolate(acc_prev, size=[h, w], mode="bilinear", align_corners=True)
-        D0 = D[0]
-        det = detect(D0)
-        cells, step = det.cells, det.step
-        if banned is not None:
-            banned = F.interpolate(banned.float()[None, None], size=[h, w])[0, 0].bool()
-            free = ~banned[cells[:, 1], cells[:, 2]]
-            cells, step = cells[free], step[free]
-        else:
-            banned = torch.zeros(h, w, dtype=torch.bool, device=D.device)
-        # the ban is set before the sub-pixel and border filters (reference behaviour)
-        banned[cells[:, 1], cells[:, 2]] = True
-        ok = (step.abs() < 0.5).all(dim=1)
-        cells, step = cells[ok], step[ok]
-        pos = cells[:, 1:].float() + step
-        raw, ids = sample_descriptors(D0, pos)
-        if len(ids) == 0:
-            # an empty level does not become the accumulator (reference: level 0;
-            # the reference crashes on later levels, we keep the previous one)
-            continue
-        cells, pos = cells[ids], pos[ids]
-        kp = upscale_positions(pos.t(), scaling_steps=2)
-        kp[0, :] *= h_init / h_level
-        kp[1, :] *= w_init / w_level
-        scores = D0[cells[:, 0], cells[:, 1], cells[:, 2]] / (idx + 1)
-        out.append(Keypoints(
-            ij=kp.t(),
-            scales=torch.ones(len(ids), device=D.device) * 1 / scale,
-            scores=scores,
-            descriptors=normalize_descriptors(raw).t(),
-        ))
-        acc_prev = D
-    if not out:
-        return Keypoints.empty(C if scales else 512)
-    return Keypoints(*(torch.cat([getattr(k, f) for k in out]) for f in
-                       ("ij", "scales", "scores", "descriptors")))
+        _, channels, h, w = D_all.shape
+        for b in range(B):
+            D = D_all[b : b + 1]
+            if acc_prev[b] is not None:
+                D = D + F.interpolate(acc_prev[b], size=[h, w], mode="bilinear", align_corners=True)
+            kp, banned[b] = _detect_level(D[0], banned[b], idx, scale, h_init / h_level,
+                                          w_init / w_level)
+            if kp is None:
+                # an empty level does not become the accumulator (reference: level 0;
+                # the reference crashes on later levels, we keep the previous one)
+                continue
+            found[b].append(kp)
+            acc_prev[b] = D
+    return [
+        Keypoints(*(torch.cat([getattr(k, f) for k in kps]) for f in
+                    ("ij", "scales", "scores", "descriptors")))
+        if kps else Keypoints.empty(channels)
+        for kps in found
+    ]
+
+
+def _detect_level(
+    D: torch.Tensor, banned: torch.Tensor | None, idx: int, scale: float,
+    fact_i: float, fact_j: float,
+) -> tuple[Keypoints | None, torch.Tensor]:
+    """Detections of one level's accumulated map D (C, h, w); returns (features, new ban)."""
+    _, h, w = D.shape
+    det = detect(D)
+    cells, step = det.cells, det.step
+    if banned is not None:
+        banned = F.interpolate(banned.float()[None, None], size=[h, w])[0, 0].bool()
+        free = ~banned[cells[:, 1], cells[:, 2]]
+        cells, step = cells[free], step[free]
+    else:
+        banned = torch.zeros(h, w, dtype=torch.bool, device=D.device)
+    # the ban is set before the sub-pixel and border filters (reference behaviour)
+    banned[cells[:, 1], cells[:, 2]] = True
+    ok = (step.abs() < 0.5).all(dim=1)
+    cells, step = cells[ok], step[ok]
+    pos = cells[:, 1:].float() + step
+    raw, ids = sample_descriptors(D, pos)
+    if len(ids) == 0:
+        return None, banned
+    cells, pos = cells[ids], pos[ids]
+    kp = upscale_positions(pos.t(), scaling_steps=2)
+    kp[0, :] *= fact_i
+    kp[1, :] *= fact_j
+    return Keypoints(
+        ij=kp.t(),
+        scales=torch.ones(len(ids), device=D.device) * 1 / scale,
+        scores=D[cells[:, 0], cells[:, 1], cells[:, 2]] / (idx + 1),
+        descriptors=normalize_descriptors(raw).t(),
+    ), banned

@@ -196,6 +196,12 @@ class H5Store:
         if self.path.exists():
             self.path.unlink()
 
+    def reset(self) -> None:
+        """Drop everything stored so far (under the lock): the next finalize starts afresh."""
+        self._wipe()
+        self._done.clear()
+        self._buffer.clear()
+
     def done(self) -> set[str]:
         """Names already stored (final file, committed parts and the current buffer)."""
         return self._done | set(self._buffer)

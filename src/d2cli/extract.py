@@ -1,0 +1,362 @@
+"""The extraction job: images -> features file (``d2 extract``).
+
+Decoding and resizing run in background threads while the network works; images of
+the same network-input size are batched through the trunk (``batch_size``); every
+finished image goes to the crash-safe store, so a killed run resumes where it
+stopped and one bad image never costs the others.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import BadImage, EmptyInput, IncompatibleFeatures, InputNotFound, UsageError
+from .images import IMAGE_EXTENSIONS, PREPROCESSING, find_images, load_rgb, preprocess, resize_for_network
+from .io.features import Features
+from .io.h5store import H5Store
+from .model import load_d2net
+from .pyramid import MULTI_SCALE, SINGLE_SCALE, Keypoints, extract_multiscale
+from .weights import ModelInfo, resolve_model
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Everything that changes the features of an image (recorded in the file)."""
+
+    scales: tuple[float, ...] = SINGLE_SCALE
+    max_edge: int = 1600
+    max_sum_edges: int = 2800
+    preprocessing: str = "caffe"
+    use_relu: bool = True
+    max_keypoints: int | None = None
+    descriptor_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise UsageError("scales must be a non-empty list of positive numbers")
+        if self.preprocessing not in PREPROCESSING:
+            raise UsageError(f"preprocessing must be one of {', '.join(PREPROCESSING)}")
+        if self.descriptor_dtype not in ("float16", "float32"):
+            raise UsageError("descriptor dtype must be float16 or float32")
+        if self.max_edge < 8 or self.max_sum_edges < 16:
+            raise UsageError("max-edge must be >= 8 and max-sum-edges >= 16")
+        if self.max_keypoints is not None and self.max_keypoints < 1:
+            raise UsageError("max-keypoints must be positive")
+
+    @staticmethod
+    def multiscale() -> tuple[float, ...]:
+        return MULTI_SCALE
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scales"] = list(self.scales)
+        return d
+
+
+@dataclass
+class ImageItem:
+    name: str  # POSIX path relative to the image root: the key in the features file
+    path: Path
+
+
+@dataclass
+class ExtractResult:
+    out: Path
+    model: str
+    total: int = 0
+    extracted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    keypoints: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        n = list(self.keypoints.values())
+        return {
+            "out": str(self.out), "model": self.model, "images": self.total,
+            "extracted": len(self.extracted), "skipped": len(self.skipped),
+            "failed": self.failed, "keypoints_mean": float(np.mean(n)) if n else 0.0,
+            "keypoints_min": int(min(n)) if n else 0, "keypoints_max": int(max(n)) if n else 0,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(len(self.extracted) / self.seconds, 3) if self.seconds else 0.0,
+            "interrupted": self.interrupted,
+        }
+
+
+def collect_images(
+    inputs: Sequence[str | os.PathLike] = (),
+    image_list: str | os.PathLike | None = None,
+    image_root: str | os.PathLike | None = None,
+) -> tuple[Path, list[ImageItem]]:
+    """Resolve files/folders or a list file into (image root, items named relative to it)."""
+    if image_list is not None:
+        root = Path(image_root or ".").resolve()
+        lp = Path(image_list)
+        if not lp.is_file():
+            raise InputNotFound(f"{lp}: image list not found")
+        names = [ln.strip() for ln in lp.read_text().splitlines()]
+        items = [ImageItem(n, root / n) for n in dict.fromkeys(n for n in names if n)]
+    else:
+        if not inputs:
+            raise EmptyInput("no images given: pass files or folders, or --image-list")
+        paths = [Path(p) for p in inputs]
+        for p in paths:
+            if not p.exists():
+                raise InputNotFound(f"{p}: no such file or folder")
+        if image_root is not None:
+            root = Path(image_root).resolve()
+        elif len(paths) == 1 and paths[0].is_dir():
+            root = paths[0].resolve()
+        else:
+            parents = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths]
+            root = Path(os.path.commonpath(parents))
+        files: list[Path] = []
+        for p in paths:
+            if p.is_dir():
+                files.extend(find_images(p))
+            else:
+                files.append(p)
+        items = []
+        for f in dict.fromkeys(f.resolve() for f in files):
+            try:
+                name = f.relative_to(root).as_posix()
+            except ValueError:
+                raise UsageError(f"{f} is not under the image root {root}") from None
+            items.append(ImageItem(name, f))
+    if not items:
+        where = image_list or ", ".join(map(str, inputs))
+        raise EmptyInput(f"no images found in {where} ({'/'.join(IMAGE_EXTENSIONS)})")
+    for it in items:
+        if any(c.isspace() for c in it.name):
+            raise UsageError(f"image name {it.name!r} contains whitespace (pairs files cannot hold it)")
+    return root, items
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device} requested but no CUDA GPU is available")
+    return dev
+
+
+class Extractor:
+    """A loaded model plus settings: numpy RGB image -> :class:`Features`."""
+
+    def __init__(self, model: str | os.PathLike | None = None,
+                 settings: ExtractSettings | None = None, device: str = "auto") -> None:
+        self.settings = settings or ExtractSettings()
+        self.info: ModelInfo = resolve_model(model)
+        self.device = pick_device(device)
+        self.net = load_d2net(self.info.path, use_relu=self.settings.use_relu).to(self.device)
+
+    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """(H, W, 3) uint8 -> network input (3, h, w) float32 and the back-scaling factors."""
+        s = self.settings
+        r = resize_for_network(rgb, s.max_edge, s.max_sum_edges)
+        if min(r.image.shape[:2]) < 8:
+            raise BadImage(f"image of {rgb.shape[1]}x{rgb.shape[0]} is too small for the network")
+        return preprocess(r.image, s.preprocessing), r.fact_i, r.fact_j
+
+    @torch.no_grad()
+    def run_batch(self, inputs: list[np.ndarray]) -> list[Keypoints]:
+        """Network inputs of one size (each (3, h, w)) -> keypoints in input pixels."""
+        x = torch.from_numpy(np.stack(inputs)).to(self.device)
+        return extract_multiscale(x, self.net, self.settings.scales)
+
+    def finish(self, kp: Keypoints, fact_i: float, fact_j: float, size_wh: tuple[int, int]) -> Features:
+        """Back to original-image pixels (x, y), top-K, file dtypes."""
+        ij = kp.ij.cpu().numpy().astype(np.float32)
+        ij[:, 0] *= fact_i  # float32 in place, as the reference (no half-pixel shift)
+        ij[:, 1] *= fact_j
+        scores = kp.scores.cpu().numpy().astype(np.float32)
+        scales = kp.scales.cpu().numpy().astype(np.float32)
+        desc = kp.descriptors.cpu().numpy()
+        k = self.settings.max_keypoints
+        if k is not None and len(scores) > k:
+            keep = np.sort(np.argsort(-scores, kind="stable")[:k])
+            ij, scores, scales, desc = ij[keep], scores[keep], scales[keep], desc[keep]
+        return Features(
+            keypoints=np.ascontiguousarray(ij[:, ::-1]),
+            descriptors=np.ascontiguousarray(desc.T.astype(self.settings.descriptor_dtype)),
+            scores=scores, scales=scales, image_size=np.array(size_wh, dtype=np.int64),
+        )
+
+    def __call__(self, rgb: np.ndarray) -> Features:
+        x, fi, fj = self.prepare(rgb)
+        return self.finish(self.run_batch([x])[0], fi, fj, (rgb.shape[1], rgb.shape[0]))
+
+    def file_attrs(self, image_root: Path) -> dict[str, Any]:
+        return {
+            "d2cli_version": __version__, "model": self.info.name,
+            "model_sha256": self.info.sha256, "settings": self.settings.as_dict(),
+            "image_root": str(image_root),
+        }
+
+
+@dataclass
+class _Loaded:
+    item: ImageItem
+    x: np.ndarray | None = None
+    fact: tuple[float, float] = (1.0, 1.0)
+    size: tuple[int, int] = (0, 0)
+    error: str | None = None
+
+
+def _prefetch(extractor: Extractor, items: list[ImageItem], workers: int) -> Iterator[_Loaded]:
+    """Decode + resize + preprocess in threads, yielding in order with bounded look-ahead."""
+
+    def load(item: ImageItem) -> _Loaded:
+        try:
+            rgb = load_rgb(item.path)
+            x, fi, fj = extractor.prepare(rgb)
+            return _Loaded(item, x, (fi, fj), (rgb.shape[1], rgb.shape[0]))
+        except BadImage as e:
+            return _Loaded(item, error=str(e))
+        except MemoryError:
+            return _Loaded(item, error=f"{item.path}: out of memory while decoding")
+
+    if workers <= 0:
+        yield from map(load, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: list[Future[_Loaded]] = []
+        it = iter(items)
+        for item in it:
+            pending.append(pool.submit(load, item))
+            if len(pending) > 2 * workers + 2:
+                break
+        while pending:
+            done = pending.pop(0).result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(load, nxt))
+            yield done
+
+
+def _batches(loaded: Iterator[_Loaded], batch_size: int) -> Iterator[list[_Loaded]]:
+    """Group consecutive decoded images of the same input size; errors pass alone."""
+    batch: list[_Loaded] = []
+    for ld in loaded:
+        if ld.x is None:
+            yield [ld]
+            continue
+        if batch and (batch[0].x.shape != ld.x.shape or len(batch) >= batch_size):
+            yield batch
+            batch = []
+        batch.append(ld)
+    if batch:
+        yield batch
+
+
+ProgressFn = Callable[[str, int | None, str | None], None]
+
+
+def extract(
+    inputs: Sequence[str | os.PathLike] = (),
+    out: str | os.PathLike = "feats.h5",
+    *,
+    model: str | os.PathLike | None = None,
+    settings: ExtractSettings | None = None,
+    image_list: str | os.PathLike | None = None,
+    image_root: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 1,
+    overwrite: bool = False,
+    workers: int = 2,
+    progress: ProgressFn | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> ExtractResult:
+    """Extract D2-Net features of images into an hloc-layout HDF5 file; resumable.
+
+    Returns what was done; failed images are listed in ``result.failed`` (name -> reason)
+    and do not stop the others. ``progress(name, num_keypoints, error)`` is called
+    per image; ``on_start(total, todo)`` once.
+    """
+    t0 = time.perf_counter()
+    root, items = collect_images(inputs, image_list, image_root)
+    extractor = Extractor(model, settings, device)
+    attrs = extractor.file_attrs(root)
+    out = Path(out)
+    if batch_size < 1:
+        raise UsageError("batch size must be >= 1")
+    result = ExtractResult(out=out, model=extractor.info.name, total=len(items))
+    store = H5Store(out, attrs=attrs)
+    with store:
+        existing = store.existing_attrs()
+        if existing is not None and not overwrite:
+            _check_same(existing, attrs, out)
+        if overwrite and existing is not None and _differs(existing, attrs):
+            store.reset()  # settings changed: mixing old and new features is never right
+        done = set() if overwrite else store.done()
+        todo = [it for it in items if it.name not in done]
+        result.skipped = [it.name for it in items if it.name in done]
+        if on_start:
+            on_start(len(items), len(todo))
+        try:
+            for batch in _batches(_prefetch(extractor, todo, workers), batch_size):
+                if batch[0].error is not None:
+                    _fail(result, batch[0].item.name, batch[0].error, progress)
+                    continue
+                try:
+                    kps = extractor.run_batch([b.x for b in batch])
+                except (RuntimeError, MemoryError) as e:  # e.g. out of memory on one huge image
+                    for b in batch:
+                        _fail(result, b.item.name, f"{b.item.path}: {str(e).splitlines()[0]}", progress)
+                    continue
+                for b, kp in zip(batch, kps, strict=True):
+                    feats = extractor.finish(kp, *b.fact, b.size)
+                    store.add(b.item.name, feats.as_arrays())
+                    result.extracted.append(b.item.name)
+                    result.keypoints[b.item.name] = len(feats)
+                    if progress:
+                        progress(b.item.name, len(feats), None)
+        except KeyboardInterrupt:
+            result.interrupted = True
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _fail(result: ExtractResult, name: str, error: str, progress: ProgressFn | None) -> None:
+    result.failed[name] = error
+    if progress:
+        progress(name, None, error)
+
+
+COMPARED_ATTRS = ("model_sha256", "settings")
+
+
+def _differs(existing: dict[str, Any], attrs: dict[str, Any]) -> list[str]:
+    out = []
+    for k in COMPARED_ATTRS:
+        if existing.get(k) != attrs.get(k):
+            if k == "settings" and isinstance(existing.get(k), dict):
+                for sk, sv in attrs[k].items():
+                    if existing[k].get(sk) != sv:
+                        out.append(f"{sk}: {existing[k].get(sk)} -> {sv}")
+            else:
+                out.append(f"{k}: {existing.get(k)} -> {attrs.get(k)}")
+    return out
+
+
+def _check_same(existing: dict[str, Any], attrs: dict[str, Any], out: Path) -> None:
+    diff = _differs(existing, attrs)
+    if diff:
+        raise IncompatibleFeatures(
+            f"{out} holds features made with other settings ({'; '.join(diff)}); "
+            "use --overwrite to redo it or another --out")
