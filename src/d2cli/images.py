@@ -83,11 +83,10 @@ def imresize(image: np.ndarray, factor: float) -> np.ndarray:
 
 
 def bytescale(data: np.ndarray) -> np.ndarray:
-    """scipy's ``bytescale`` with default arguments: min..max -> 0..255, uint8."""
-    cmin, cmax = float(data.min()), float(data.max())
+    """scipy<=1.2 ``bytescale`` with default arguments: min..max -> 0..255, uint8."""
+    cmin, cmax = data.min(), data.max()
     scale = 255.0 / ((cmax - cmin) or 1)
-    out = (data - cmin) * scale + 0.4999
-    return (np.clip(out, 0, 255)).astype(np.uint8)
+    return (np.clip((data - cmin) * scale, 0, 255) + 0.5).astype(np.uint8)
 
 
 @dataclass

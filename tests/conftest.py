@@ -1,0 +1,41 @@
+"""Shared fixtures: paths to test data and a helper to run the real ``d2`` CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+GOLDEN = DATA / "golden"
+SAMPLES = ROOT / "src" / "d2cli" / "data" / "sacre_coeur"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    return SAMPLES
+
+
+def run_d2(*args: str | os.PathLike, cwd: str | os.PathLike | None = None,
+           check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m d2cli ARGS`` as a real process; returns the completed process."""
+    cmd = [sys.executable, "-m", "d2cli", *map(str, args)]
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def d2():
+    return run_d2
