@@ -140,13 +140,15 @@ def main() -> None:
 @click.option("--batch-size", default=1, show_default=True,
               help="Images of equal size per network call.")
 @click.option("--workers", default=2, show_default=True, help="Decoding threads.")
+@click.option("--commit-every", default=16, show_default=True,
+              help="Save finished images to disk every N images (and every 30 s).")
 @click.option("--overwrite", is_flag=True, help="Redo images already in the output.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @command
 def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, max_edge,
                 max_sum_edges, preprocessing, no_relu, max_keypoints, descriptor_dtype, device,
-                batch_size, workers, overwrite, quiet, as_json) -> int:
+                batch_size, workers, commit_every, overwrite, quiet, as_json) -> int:
     """Extract D2-Net features of IMAGES (files and/or folders) into an HDF5 file.
 
     Re-running skips images already in the file; a killed run resumes.
@@ -172,7 +174,7 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
         result = extract(
             images, out, model=model, settings=settings, image_list=image_list,
             image_root=image_root, device=device, batch_size=batch_size, overwrite=overwrite,
-            workers=workers, progress=on_image, on_start=on_start)
+            workers=workers, commit_every=commit_every, progress=on_image, on_start=on_start)
     s = result.summary()
     if as_json:
         print_json(s)

@@ -279,6 +279,7 @@ def extract(
     batch_size: int = 1,
     overwrite: bool = False,
     workers: int = 2,
+    commit_every: int = 16,
     progress: ProgressFn | None = None,
     on_start: Callable[[int, int], None] | None = None,
 ) -> ExtractResult:
@@ -296,7 +297,7 @@ def extract(
     if batch_size < 1:
         raise UsageError("batch size must be >= 1")
     result = ExtractResult(out=out, model=extractor.info.name, total=len(items))
-    store = H5Store(out, attrs=attrs)
+    store = H5Store(out, attrs=attrs, commit_every=commit_every)
     with store:
         existing = store.existing_attrs()
         if existing is not None and not overwrite:
