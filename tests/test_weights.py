@@ -77,3 +77,17 @@ def test_unknown_and_uncached_models(tmp_path, monkeypatch):
         resolve_model("no-such-model")
     with pytest.raises(UnknownModel, match="d2 weights fetch d2_tf"):
         resolve_model("d2_tf")
+
+
+@pytest.mark.parametrize("h, w, band_rows", [(203, 157, 2), (131, 61, 1), (99, 40, 5)])
+def test_banded_first_blocks_equal_the_plain_network(h, w, band_rows):
+    """Row bands with a halo compute exactly the same features (checked in float64)."""
+    net = load_d2net(resolve_model().path).double()
+    x = torch.randn(1, 3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        net.dense_feature_extraction.band_pixels = 0
+        plain = net(x * 60)
+        net.dense_feature_extraction.band_pixels = w * 16 * band_rows
+        banded = net(x * 60)
+    assert banded.shape == plain.shape
+    assert (banded - plain).abs().max() < 1e-9

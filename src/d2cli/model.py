@@ -60,17 +60,49 @@ def vgg16_conv4_3(stride: int = 4) -> nn.Sequential:
 
 
 class DenseFeatures(nn.Module):
-    """Image (B, 3, H, W) -> dense features (B, 512, h, w), h = floor(floor(H/2)/2) - 1."""
+    """Image (B, 3, H, W) -> dense features (B, 512, h, w), h = floor(floor(H/2)/2) - 1.
 
-    def __init__(self, stride: int = 4, use_relu: bool = True) -> None:
+    Large inputs run the full-resolution blocks (conv1, conv2, up to pool2) in bands of
+    rows with a halo, so the 64/128-channel full-size activations never exist at once:
+    same arithmetic per output, a fraction of the peak memory (the scale-2 pyramid level
+    of a 1600x1200 image would otherwise need ~4 GB for conv1 alone).
+    """
+
+    HALO = 3  # pool2 rows; the receptive field up to pool2 reaches 2 rows beyond a band
+    FIRST_BLOCKS = 10  # layers 0..9: conv1_1 .. pool2
+
+    def __init__(self, stride: int = 4, use_relu: bool = True, band_pixels: int = 1 << 21) -> None:
         super().__init__()
         self.model = vgg16_conv4_3(stride)
         self.use_relu = use_relu
         self.num_channels = 512
+        self.band_pixels = band_pixels  # input pixels per band; 0 disables banding
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.model(image)
+        H, W = image.shape[-2:]
+        if self.band_pixels and H * W > self.band_pixels and not torch.is_grad_enabled():
+            x = self._first_blocks_banded(image)
+            out = self.model[self.FIRST_BLOCKS:](x)
+        else:
+            out = self.model(image)
         return F.relu(out) if self.use_relu else out
+
+    def _first_blocks_banded(self, image: torch.Tensor) -> torch.Tensor:
+        """Layers 0..9 on bands of rows: (B, 3, H, W) -> (B, 128, H//4, W//4)."""
+        H, W = image.shape[-2:]
+        rows = H // 4  # pool2 output rows (floor mode)
+        band = max(1, self.band_pixels // (16 * W))  # pool2 rows per band
+        head = self.model[: self.FIRST_BLOCKS]
+        outs = []
+        for q0 in range(0, rows, band):
+            q1 = min(rows, q0 + band)
+            a0 = max(0, q0 - self.HALO)  # band with halo, in pool2 rows
+            a1 = min(rows, q1 + self.HALO)
+            # input rows 4*a0 .. 4*a1 (+ the rows floor mode drops at the very bottom)
+            top, bottom = 4 * a0, (H if a1 == rows else 4 * a1)
+            y = head(image[..., top:bottom, :])
+            outs.append(y[..., q0 - a0 : q1 - a0, :])
+        return torch.cat(outs, dim=-2)
 
 
 class D2Net(nn.Module):
