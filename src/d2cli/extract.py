@@ -22,10 +22,11 @@ import torch
 from . import __version__
 from .errors import BadImage, EmptyInput, IncompatibleFeatures, InputNotFound, UsageError
 from .images import IMAGE_EXTENSIONS, PREPROCESSING, find_images, load_rgb, preprocess, resize_for_network
-from .io.features import Features
+from .io.features import Features, FeatureFile
 from .io.h5store import H5Store
 from .model import load_d2net
 from .pyramid import MULTI_SCALE, SINGLE_SCALE, Keypoints, extract_multiscale
+from .shard import Shard
 from .weights import ModelInfo, resolve_model
 
 
@@ -280,6 +281,7 @@ def extract(
     overwrite: bool = False,
     workers: int = 2,
     commit_every: int = 16,
+    shard: Shard | None = None,
     progress: ProgressFn | None = None,
     on_start: Callable[[int, int], None] | None = None,
 ) -> ExtractResult:
@@ -287,13 +289,22 @@ def extract(
 
     Returns what was done; failed images are listed in ``result.failed`` (name -> reason)
     and do not stop the others. ``progress(name, num_keypoints, error)`` is called
-    per image; ``on_start(total, todo)`` once.
+    per image; ``on_start(total, todo)`` once. With ``shard``, only that shard's images
+    are extracted, into the shard's part file (images already in ``out`` are skipped).
     """
     t0 = time.perf_counter()
     root, items = collect_images(inputs, image_list, image_root)
     extractor = Extractor(model, settings, device)
     attrs = extractor.file_attrs(root)
     out = Path(out)
+    merged_done: set[str] = set()
+    if shard is not None:
+        items = shard.select(items, key=lambda it: it.name)
+        if out.exists() and not overwrite:
+            with FeatureFile(out) as ff:
+                _check_same(ff.attrs, attrs, out)
+                merged_done = set(ff.names)
+        out = shard.part_path(out)
     if batch_size < 1:
         raise UsageError("batch size must be >= 1")
     result = ExtractResult(out=out, model=extractor.info.name, total=len(items))
@@ -304,7 +315,7 @@ def extract(
             _check_same(existing, attrs, out)
         if overwrite and existing is not None and _differs(existing, attrs):
             store.reset()  # settings changed: mixing old and new features is never right
-        done = set() if overwrite else store.done()
+        done = set() if overwrite else store.done() | merged_done
         todo = [it for it in items if it.name not in done]
         result.skipped = [it.name for it in items if it.name in done]
         if on_start:
