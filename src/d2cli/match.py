@@ -1,0 +1,429 @@
+"""The matching job (``d2 match``): mutual nearest neighbours of descriptors, pair by pair.
+
+Matching one pair is a matrix product plus two argmax reductions. :func:`mnn` computes it
+tile by tile, keeping only running row and column maxima, so memory is O(N0 + N1) plus
+one tile for any keypoint count, and the result is the one ``torch.max`` gives on the full
+similarity matrix (ties: first index). The job reads each image's descriptors once while
+later pairs need them (:class:`DescriptorCache`), reads ahead in a thread while the
+matrix products run, and writes through the crash-safe :class:`H5Store`, so a killed run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import D2Error, EmptyInput, IncompatibleFeatures, UsageError
+from .extract import pick_device
+from .io.features import FeatureFile, matches_to_arrays, pair_key
+from .io.h5store import H5Store
+from .io.pairs import normalize_pairs, read_pairs
+
+Pair = tuple[str, str]
+
+# (rows, columns) of one similarity tile. On the CPU a 512 x 2048 float32 tile (4 MiB)
+# stays in cache between the product and the two reductions that read it back.
+DEFAULT_TILE = {"cpu": (512, 2048), "cuda": (8192, 8192)}
+DEFAULT_CACHE_BYTES = 2 << 30
+
+
+# --------------------------------------------------------------------------- the matcher
+def _distance(sim: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance between unit vectors from their dot product: sqrt(2 - 2 sim)."""
+    return (2 - 2 * sim).clamp_(min=0).sqrt_()
+
+
+@torch.no_grad()
+def mnn(
+    desc0: torch.Tensor,
+    desc1: torch.Tensor,
+    *,
+    ratio: float | None = None,
+    max_distance: float | None = None,
+    tile: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours of two descriptor sets (the D2-Net / hloc ``mnn`` matcher).
+
+    ``desc0`` (N0, D) and ``desc1`` (N1, D): L2-normalised rows, same float dtype and device.
+    Row ``i`` and column ``j`` match when ``j = argmax_j sim[i, :]`` and
+    ``i = argmax_i sim[:, j]`` with ``sim = desc0 @ desc1.T`` and ties going to the first
+    index, exactly as ``torch.max`` on the full matrix; ``sim`` is never held whole.
+
+    ``ratio``: Lowe's test on distances sqrt(2 - 2 sim), in both directions (as hloc):
+    best <= ratio * second best. ``max_distance``: best distance <= it.
+    ``tile``: (rows, cols) of the similarity blocks; default by device.
+
+    Returns ``matches`` (M, 2) int64 [i0, i1] in increasing i0, and ``scores`` (M,) float32,
+    the similarity of each match.
+    """
+    n0, n1 = desc0.shape[0], desc1.shape[0]
+    dev, dtype = desc0.device, desc0.dtype
+    if desc0.ndim != 2 or desc1.ndim != 2 or desc0.shape[1] != desc1.shape[1]:
+        raise ValueError(f"descriptor shapes {tuple(desc0.shape)} and {tuple(desc1.shape)} "
+                         "do not match")
+    if n0 == 0 or n1 == 0:
+        return torch.empty(0, 2, dtype=torch.int64), torch.empty(0, dtype=torch.float32)
+    b0, b1 = tile or DEFAULT_TILE.get(dev.type, DEFAULT_TILE["cuda"])
+    b0, b1 = max(1, min(b0, n0)), max(1, min(b1, n1))
+    second = ratio is not None
+
+    # running best (and second best, for the ratio test) of every row and column
+    row_v = torch.full((n0,), -torch.inf, dtype=dtype, device=dev)
+    row_i = torch.zeros(n0, dtype=torch.int64, device=dev)
+    col_v = torch.full((n1,), -torch.inf, dtype=dtype, device=dev)
+    col_i = torch.zeros(n1, dtype=torch.int64, device=dev)
+    row_v2 = torch.full_like(row_v, -torch.inf) if second else row_v
+    col_v2 = torch.full_like(col_v, -torch.inf) if second else col_v
+    buf = torch.empty(b0 * b1, dtype=dtype, device=dev)  # reused: no allocation per tile
+    d1t = desc1.T
+    for r0 in range(0, n0, b0):
+        a = desc0[r0:r0 + b0]
+        h = a.shape[0]
+        rv, ri, rv2 = row_v[r0:r0 + h], row_i[r0:r0 + h], row_v2[r0:r0 + h]
+        for c0 in range(0, n1, b1):
+            w = min(b1, n1 - c0)
+            s = buf[:h * w].view(h, w)
+            torch.mm(a, d1t[:, c0:c0 + w], out=s)
+            tv, ti = s.max(1)  # best column of each row within the tile (first on ties)
+            cv, ci = s.max(0)  # best row of each column within the tile
+            cv_, ci_, cv2_ = col_v[c0:c0 + w], col_i[c0:c0 + w], col_v2[c0:c0 + w]
+            if second:
+                # second best within the tile: hide each best once, take the max again
+                rows = torch.arange(h, device=dev)
+                s[rows, ti] = -torch.inf
+                tv2 = s.amax(1)
+                s[rows, ti] = tv
+                cols = torch.arange(w, device=dev)
+                s[ci, cols] = -torch.inf
+                cv2 = s.amax(0)
+                # merge top-2: the new second is the best of what the new best did not take
+                rv2.copy_(torch.where(tv > rv, torch.maximum(rv, tv2), torch.maximum(rv2, tv)))
+                cv2_.copy_(torch.where(cv > cv_, torch.maximum(cv_, cv2), torch.maximum(cv2_, cv)))
+            # Tiles arrive in increasing index order along both axes, so a later tile only
+            # wins when strictly greater: ties keep the first index, as torch.max does.
+            better = tv > rv
+            torch.where(better, ti + c0, ri, out=ri)
+            torch.maximum(rv, tv, out=rv)
+            better = cv > cv_
+            torch.where(better, ci + r0, ci_, out=ci_)
+            torch.maximum(cv_, cv, out=cv_)
+
+    keep = col_i[row_i] == torch.arange(n0, device=dev)
+    if max_distance is not None:
+        keep &= _distance(row_v.clone()) <= max_distance
+    if ratio is not None:
+        d1 = _distance(row_v.clone())
+        keep &= d1 <= ratio * _distance(row_v2.clone())
+        keep &= d1 <= ratio * _distance(col_v2[row_i])  # the column's own second best
+    idx0 = torch.nonzero(keep).squeeze(1)
+    matches = torch.stack([idx0, row_i[idx0]], 1)
+    return matches.cpu(), row_v[idx0].float().cpu()
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class MatchSettings:
+    """Everything that changes the matches of a pair (recorded in the matches file)."""
+
+    ratio: float | None = None
+    max_distance: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise UsageError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.max_distance is not None and not 0 < self.max_distance <= 2:
+            raise UsageError(f"max-distance must be in (0, 2] (unit vectors), "
+                             f"got {self.max_distance}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"matcher": "mnn", "ratio": self.ratio, "max_distance": self.max_distance}
+
+
+def feature_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What differs between the attributes of two features files ("key: a vs b").
+
+    Only what both files record is compared (a foreign file without attributes passes).
+    """
+    out = []
+    sha_a, sha_b = a.get("model_sha256"), b.get("model_sha256")
+    if sha_a and sha_b and sha_a != sha_b:
+        out.append(f"model: {a.get('model')} ({str(sha_a)[:12]}) vs "
+                   f"{b.get('model')} ({str(sha_b)[:12]})")
+    sa, sb = a.get("settings"), b.get("settings")
+    if isinstance(sa, dict) and isinstance(sb, dict):
+        for k in sorted(set(sa) | set(sb)):
+            if sa.get(k) != sb.get(k):
+                out.append(f"{k}: {sa.get(k)} vs {sb.get(k)}")
+    return out
+
+
+# --------------------------------------------------------------------------- reading
+class DescriptorCache:
+    """Descriptors as (N, D) float32 tensors, read from the file once while still needed.
+
+    The whole access order is known before matching starts, so when the byte budget is
+    exceeded the entry needed farthest in the future is dropped (Belady's rule: the fewest
+    reads possible for this order; an LRU re-reads every image of a long exhaustive cycle),
+    and an entry no later pair needs is never kept.
+    """
+
+    def __init__(self, sources: Sequence[FeatureFile], accesses: Sequence[tuple[int, str]],
+                 max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.sources = sources
+        self.accesses = list(accesses)
+        self.max_bytes = max_bytes
+        never = len(self.accesses)
+        self.next_use = [never] * len(self.accesses)
+        last: dict[tuple[int, str], int] = {}
+        for t in range(len(self.accesses) - 1, -1, -1):
+            self.next_use[t] = last.get(self.accesses[t], never)
+            last[self.accesses[t]] = t
+        self._never = never
+        self._entries: dict[tuple[int, str], tuple[torch.Tensor, int]] = {}
+        self._heap: list[tuple[int, int, tuple[int, str]]] = []  # (-next use, tie, key)
+        self._bytes = 0
+        self._tie = 0
+        self.reads = 0
+
+    def _read(self, key: tuple[int, str]) -> torch.Tensor:
+        src, name = key
+        d = self.sources[src].descriptors(name, dtype=np.float32)  # (D, N)
+        self.reads += 1
+        return torch.from_numpy(np.ascontiguousarray(d.T))
+
+    def get(self, t: int) -> torch.Tensor:
+        """The descriptors of access number ``t``; call with t = 0, 1, 2, ... in order."""
+        key = self.accesses[t]
+        nxt = self.next_use[t]
+        if key in self._entries:
+            desc = self._entries.pop(key)[0]
+            self._bytes -= desc.nbytes
+        else:
+            desc = self._read(key)
+        if nxt < self._never:
+            self._entries[key] = (desc, nxt)
+            self._bytes += desc.nbytes
+            self._tie += 1
+            heapq.heappush(self._heap, (-nxt, self._tie, key))
+            while self._bytes > self.max_bytes and self._heap:
+                neg, _, k = heapq.heappop(self._heap)
+                entry = self._entries.get(k)
+                if entry is not None and entry[1] == -neg:  # else a stale heap record
+                    del self._entries[k]
+                    self._bytes -= entry[0].nbytes
+        return desc
+
+
+_END = object()
+
+
+def _read_ahead(cache: DescriptorCache, count: int, depth: int,
+                stop: threading.Event) -> Iterator[tuple[int, Any, Any, str | None]]:
+    """Yield (k, desc0, desc1, error) for pairs 0..count-1, read by a thread ``depth`` ahead.
+
+    HDF5 reads and float conversion then overlap the matrix products of earlier pairs.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for k in range(count):
+                try:
+                    item = (k, cache.get(2 * k), cache.get(2 * k + 1), None)
+                except D2Error as e:
+                    item = (k, None, None, str(e))
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as e:  # a bug: hand it to the main thread
+            put(e)
+
+    thread = threading.Thread(target=work, name="d2-match-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- the job
+@dataclass
+class MatchResult:
+    out: Path
+    device: str = "cpu"
+    total: int = 0
+    matched: list[Pair] = field(default_factory=list)
+    skipped: list[Pair] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # "name0 name1" -> reason
+    num_matches: list[int] = field(default_factory=list)
+    descriptor_reads: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        n = self.num_matches
+        return {
+            "out": str(self.out), "device": self.device, "pairs": self.total,
+            "matched": len(self.matched), "skipped": len(self.skipped), "failed": self.failed,
+            "matches_mean": float(np.mean(n)) if n else 0.0,
+            "matches_min": int(min(n)) if n else 0, "matches_max": int(max(n)) if n else 0,
+            "images": self.images, "descriptor_reads": self.descriptor_reads,
+            "seconds": round(self.seconds, 3),
+            "pairs_per_second": round(len(self.matched) / self.seconds, 3) if self.seconds else 0.0,
+            "interrupted": self.interrupted,
+        }
+
+
+ProgressFn = Callable[[Pair, int | None, str | None], None]
+
+
+def _check_existing(existing: dict[str, Any], attrs: dict[str, Any], out: Path) -> list[str]:
+    """Why the matches already in ``out`` must not be mixed with this run's (empty: fine)."""
+    diff = [f"{d} (features)" for d in feature_differences(existing.get("features") or {},
+                                                          attrs["features"])]
+    old_ref = existing.get("features_ref") or existing.get("features") or {}
+    new_ref = attrs.get("features_ref") or attrs["features"]
+    diff += [f"{d} (reference features)" for d in feature_differences(old_ref, new_ref)]
+    old_s, new_s = existing.get("settings"), attrs["settings"]
+    if isinstance(old_s, dict):
+        diff += [f"{k}: {old_s.get(k)} -> {new_s.get(k)}" for k in sorted(new_s)
+                 if old_s.get(k) != new_s.get(k)]
+    return diff
+
+
+def match(
+    pairs: str | os.PathLike | Sequence[Pair],
+    features: str | os.PathLike = "feats.h5",
+    out: str | os.PathLike = "matches.h5",
+    *,
+    features_ref: str | os.PathLike | None = None,
+    settings: MatchSettings | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    force: bool = False,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    tile: tuple[int, int] | None = None,
+    progress: ProgressFn | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> MatchResult:
+    """Match every pair of a pairs file (or list) into an hloc-layout matches file; resumable.
+
+    ``name0`` is read from ``features``, ``name1`` from ``features_ref`` (default: the same
+    file). Pairs already in ``out`` (either order) are skipped unless ``overwrite``. Features
+    made with different models or settings, here or in an existing ``out``, are refused
+    unless ``force``. A pair naming an image missing from its features file fails alone:
+    see ``result.failed``. ``progress(pair, num_matches, error)`` is called per pair.
+    """
+    settings = settings or MatchSettings()
+    dev = pick_device(device)
+    out = Path(out)
+    from_file = isinstance(pairs, (str, os.PathLike))
+    pair_list = read_pairs(pairs) if from_file else normalize_pairs(pairs)
+    if not pair_list:
+        raise EmptyInput(f"no pairs in {pairs}" if from_file else "no pairs given")
+    with FeatureFile(features) as ff0, (
+            FeatureFile(features_ref) if features_ref is not None else nullcontext(ff0)) as ff1:
+        attrs: dict[str, Any] = {"d2cli_version": __version__, "features": ff0.attrs,
+                                 "settings": settings.as_dict()}
+        if features_ref is not None:
+            attrs["features_ref"] = ff1.attrs
+            diff = feature_differences(ff0.attrs, ff1.attrs)
+            if diff and not force:
+                raise IncompatibleFeatures(
+                    f"{ff0.path} and {ff1.path} were made differently ({'; '.join(diff)}); "
+                    "use --force to match them anyway")
+        result = MatchResult(out=out, device=str(dev), total=len(pair_list))
+        with H5Store(out, attrs=attrs, commit_every=32, commit_seconds=10.0) as store:
+            existing = store.existing_attrs()
+            if existing is not None:
+                diff = _check_existing(existing, attrs, out)
+                if diff and overwrite:
+                    store.reset()  # other features or settings: mixing is never right
+                elif diff and not force:
+                    raise IncompatibleFeatures(
+                        f"{out} holds matches of other features or settings "
+                        f"({'; '.join(diff)}); use --overwrite to redo it, --force to add "
+                        "to it anyway, or another --out")
+            done = set() if overwrite else store.done()
+            todo: list[Pair] = []
+            missing: dict[Pair, str] = {}
+            for a, b in pair_list:
+                if pair_key(a, b) in done or pair_key(b, a) in done:
+                    result.skipped.append((a, b))
+                elif a not in ff0:
+                    missing[(a, b)] = f"pair {a} {b}: {a} is not in features file {ff0.path}"
+                elif b not in ff1:
+                    missing[(a, b)] = f"pair {a} {b}: {b} is not in features file {ff1.path}"
+                else:
+                    todo.append((a, b))
+            if on_start:
+                on_start(len(pair_list), len(todo) + len(missing))
+            for p, reason in missing.items():
+                _fail(result, p, reason, progress)
+            ref = 0 if ff1 is ff0 else 1  # one cache entry per image when there is one file
+            accesses = [(i, n) for a, b in todo for i, n in ((0, a), (ref, b))]
+            cache = DescriptorCache([ff0, ff1], accesses, cache_bytes)
+            result.images = len(set(accesses))
+            stop = threading.Event()
+            t_match = time.perf_counter()
+            try:
+                for k, d0, d1, error in _read_ahead(cache, len(todo), 2, stop):
+                    a, b = todo[k]
+                    if error is not None:
+                        _fail(result, (a, b), error, progress)
+                        continue
+                    if d0.shape[1] != d1.shape[1]:
+                        _fail(result, (a, b), f"pair {a} {b}: descriptor sizes differ "
+                                              f"({d0.shape[1]} vs {d1.shape[1]})", progress)
+                        continue
+                    m, sc = mnn(d0.to(dev), d1.to(dev), ratio=settings.ratio,
+                                max_distance=settings.max_distance, tile=tile)
+                    store.add(pair_key(a, b), matches_to_arrays(m.numpy(), sc.numpy(),
+                                                                d0.shape[0], d1.shape[0]))
+                    result.matched.append((a, b))
+                    result.num_matches.append(len(m))
+                    if progress:
+                        progress((a, b), len(m), None)
+            except KeyboardInterrupt:
+                result.interrupted = True
+            finally:
+                stop.set()
+                result.descriptor_reads = cache.reads
+                result.seconds = time.perf_counter() - t_match
+    return result
+
+
+def _fail(result: MatchResult, pair: Pair, error: str, progress: ProgressFn | None) -> None:
+    result.failed[f"{pair[0]} {pair[1]}"] = error
+    if progress:
+        progress(pair, None, error)

@@ -1,0 +1,233 @@
+"""Pair lists (``d2 pairs``): which images to match, written as a pairs file.
+
+Every function returns a list of ``(name0, name1)`` with names exactly as keyed in the
+features file (or the COLMAP model); :func:`save_pairs` drops self and duplicate
+unordered pairs, refuses names with whitespace and writes the file atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadFile, EmptyInput, InputNotFound, MissingName, UsageError
+from .io.features import FeatureFile
+from .io.pairs import normalize_pairs, write_pairs
+
+Pair = tuple[str, str]
+
+
+@dataclass
+class PairsResult:
+    out: Path
+    method: str
+    pairs: int
+    images: int
+
+    def summary(self) -> dict[str, Any]:
+        return {"out": str(self.out), "method": self.method, "pairs": self.pairs,
+                "images": self.images}
+
+
+# --------------------------------------------------------------------------- names
+def read_name_list(path: str | os.PathLike) -> list[str]:
+    """One name per line; blank lines and ``#`` comments ignored, duplicates dropped."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFound(f"{p}: name list not found")
+    lines = (ln.strip() for ln in p.read_text().splitlines())
+    return list(dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")))
+
+
+def image_names(features: str | os.PathLike | None = "feats.h5",
+                image_list: str | os.PathLike | None = None) -> list[str]:
+    """Names from an image list if given, else the images of a features file (file order)."""
+    if image_list is not None:
+        names = read_name_list(image_list)
+        where = str(image_list)
+    else:
+        if features is None:
+            raise UsageError("give a features file or an image list")
+        with FeatureFile(features) as ff:
+            names = list(ff.names)
+        where = str(features)
+    if not names:
+        raise EmptyInput(f"{where}: no image names")
+    return names
+
+
+def select_names(
+    names: Sequence[str], prefix: str | None = None,
+    list_file: str | os.PathLike | None = None, what: str = "query",
+) -> list[str] | None:
+    """The names matching a prefix and/or listed in a file (in ``names`` order); None if neither.
+
+    A listed name that is not among ``names`` is an error: a typo would silently drop pairs.
+    """
+    if prefix is None and list_file is None:
+        return None
+    chosen = list(names)
+    if list_file is not None:
+        listed = read_name_list(list_file)
+        known = set(names)
+        missing = [n for n in listed if n not in known]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise MissingName(f"{missing[0]}{more}: in --{what}-list {list_file} but not among "
+                              "the image names")
+        wanted = set(listed)
+        chosen = [n for n in chosen if n in wanted]
+    if prefix is not None:
+        chosen = [n for n in chosen if n.startswith(prefix)]
+    if not chosen:
+        rule = " and ".join(x for x in (
+            f"prefix {prefix!r}" if prefix is not None else "",
+            f"list {list_file}" if list_file is not None else "") if x)
+        raise EmptyInput(f"no {what} image matches {rule}")
+    return chosen
+
+
+# --------------------------------------------------------------------------- strategies
+def pairs_exhaustive(names: Sequence[str], queries: Sequence[str] | None = None,
+                     refs: Sequence[str] | None = None) -> list[Pair]:
+    """All unordered pairs of ``names``; or every query with every reference.
+
+    With only one of ``queries``/``refs`` given, the other side is the rest of ``names``
+    (e.g. ``--query-prefix query/`` pairs each query with every non-query image).
+    """
+    if queries is None and refs is None:
+        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    if queries is None:
+        r = set(refs or ())
+        queries = [n for n in names if n not in r]
+    if refs is None:
+        q = set(queries)
+        refs = [n for n in names if n not in q]
+    return normalize_pairs((a, b) for a in queries for b in refs)
+
+
+def pairs_sequential(names: Sequence[str], overlap: int) -> list[Pair]:
+    """Each image with the next ``overlap`` images in name order (video, ordered captures)."""
+    if overlap < 1:
+        raise UsageError("overlap must be >= 1")
+    ordered = sorted(names)
+    return [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:i + 1 + overlap]]
+
+
+def _load_model(model_dir: str | os.PathLike) -> Any:
+    import pycolmap  # heavy import, only for these two strategies
+
+    p = Path(model_dir)
+    if not p.is_dir():
+        raise InputNotFound(f"{p}: COLMAP model folder not found")
+    try:
+        return pycolmap.Reconstruction(p)
+    except (ValueError, RuntimeError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        reason = re.sub(r"^\s*\[[^]]*\]\s*", "", first) or e.__class__.__name__  # no [file.cc:N]
+        raise BadFile(f"{p}: not a readable COLMAP model ({reason})") from None
+
+
+def _best_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest finite scores, best first; ties by lower index."""
+    js = np.flatnonzero(np.isfinite(scores))
+    return js[np.argsort(-scores[js], kind="stable")][:k]
+
+
+def pairs_from_model(model_dir: str | os.PathLike, num_matched: int) -> list[Pair]:
+    """Covisibility: each registered image with the ``num_matched`` images sharing most 3D points.
+
+    The count for (a, b) sums, over the 3D points both observe, the products of their
+    observation counts (as hloc's ``pairs_from_covisibility``); images sharing no point are
+    never paired.
+    """
+    if num_matched < 1:
+        raise UsageError("num-matched must be >= 1")
+    rec = _load_model(model_dir)
+    ids = sorted(rec.reg_image_ids())
+    if not ids:
+        raise EmptyInput(f"{model_dir}: the model has no registered image")
+    row = {iid: r for r, iid in enumerate(ids)}
+    # observations as (point, image row), then every ordered pair of observations of a point:
+    # sparse, so memory grows with the tracks, not with images squared
+    obs_point, obs_image = [], []
+    for p, point in enumerate(rec.points3D.values()):
+        for e in point.track.elements:
+            if e.image_id in row:
+                obs_point.append(p)
+                obs_image.append(row[e.image_id])
+    n = len(ids)
+    names = [rec.image(i).name for i in ids]
+    pairs: list[Pair] = []
+    if obs_point:
+        pt = np.asarray(obs_point, np.int64)
+        im = np.asarray(obs_image, np.int64)
+        order = np.argsort(pt, kind="stable")
+        pt, im = pt[order], im[order]
+        starts = np.flatnonzero(np.r_[True, pt[1:] != pt[:-1]])
+        lengths = np.diff(np.r_[starts, len(pt)])
+        length_of = np.repeat(lengths, lengths)  # track length of each observation
+        start_of = np.repeat(starts, lengths)  # where its track starts
+        src = np.repeat(np.arange(len(pt)), length_of)
+        offset = np.arange(len(src)) - np.repeat(np.cumsum(length_of) - length_of, length_of)
+        dst = np.repeat(start_of, length_of) + offset
+        a, b = im[src], im[dst]
+        keep = a != b
+        keys, cnt = np.unique(a[keep] * n + b[keep], return_counts=True)  # sorted by a
+        rows = keys // n
+        bounds = np.searchsorted(rows, np.arange(n + 1))
+        for i in range(n):
+            lo, hi = bounds[i], bounds[i + 1]
+            if lo == hi:
+                continue
+            score = np.full(n, -np.inf)
+            score[keys[lo:hi] % n] = cnt[lo:hi]
+            pairs.extend((names[i], names[int(j)]) for j in _best_k(score, num_matched))
+    return normalize_pairs(pairs)
+
+
+def pairs_from_poses(model_dir: str | os.PathLike, num_matched: int,
+                     max_angle: float | None = 30.0) -> list[Pair]:
+    """Each posed image with its ``num_matched`` nearest camera centres (as hloc).
+
+    ``max_angle`` (degrees): only cameras whose viewing directions differ by less are
+    candidates (the angle between principal axes, so a roll about the axis does not count);
+    ``None`` disables it. Ties go to the image with the lower id.
+    """
+    if num_matched < 1:
+        raise UsageError("num-matched must be >= 1")
+    rec = _load_model(model_dir)
+    images = [rec.image(i) for i in sorted(rec.images.keys())]
+    images = [im for im in images if im.has_pose]
+    if not images:
+        raise EmptyInput(f"{model_dir}: the model has no image with a pose")
+    centres = np.stack([im.projection_center() for im in images])  # (N, 3)
+    axes = np.stack([im.viewing_direction() for im in images])  # (N, 3) unit
+    names = [im.name for im in images]
+    pairs = []
+    for i in range(len(images)):  # one row at a time: memory O(N), not O(N^2)
+        score = -np.linalg.norm(centres - centres[i], axis=1)
+        score[i] = -np.inf
+        if max_angle is not None:
+            angle = np.rad2deg(np.arccos(np.clip(axes @ axes[i], -1.0, 1.0)))
+            score[angle >= max_angle] = -np.inf
+        pairs.extend((names[i], names[int(j)]) for j in _best_k(score, num_matched))
+    return normalize_pairs(pairs)
+
+
+# --------------------------------------------------------------------------- output
+def save_pairs(pairs: Sequence[Pair], out: str | os.PathLike = "pairs.txt",
+               method: str = "") -> PairsResult:
+    """Write a pairs file (atomic); an empty list is an error, not an empty file."""
+    pairs = normalize_pairs(pairs)
+    if not pairs:
+        raise EmptyInput(f"no pairs to write to {out} ({method or 'empty list'})")
+    n = write_pairs(out, pairs)
+    return PairsResult(out=Path(out), method=method, pairs=n,
+                       images=len({x for p in pairs for x in p}))
