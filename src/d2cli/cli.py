@@ -119,6 +119,37 @@ def main() -> None:
     """
 
 
+class _ShardedRun:
+    def __init__(self, shard: Any, device: str, dist: Any = None) -> None:
+        self.shard, self.device, self.dist = shard, device, dist
+        self.rank = dist.rank if dist else 0
+
+
+@contextmanager
+def sharded(out: str, shard_text: str | None, device: str) -> Iterator[_ShardedRun]:
+    """--shard i/n, or one shard per rank under torchrun with rank 0 merging at the end."""
+    from .shard import DistributedRun, merge, parse_shard, torchrun_shard
+
+    shard = parse_shard(shard_text)
+    if shard is not None or torchrun_shard() is None:
+        yield _ShardedRun(shard, device)
+        return
+    dist = DistributedRun(device)
+    run = _ShardedRun(torchrun_shard(), dist.device, dist)
+    try:
+        yield run
+        dist.barrier()
+        if dist.rank == 0:
+            parts = [type(run.shard)(i, run.shard.count).part_path(out)
+                     for i in range(run.shard.count)]
+            merge(parts, out)
+            for p in parts:
+                p.unlink()
+        dist.barrier()
+    finally:
+        dist.close()
+
+
 # --------------------------------------------------------------------------- extract
 @main.command("extract")
 @click.argument("images", nargs=-1, type=click.Path(path_type=str))
@@ -142,13 +173,15 @@ def main() -> None:
 @click.option("--workers", default=2, show_default=True, help="Decoding threads.")
 @click.option("--commit-every", default=16, show_default=True,
               help="Save finished images to disk every N images (and every 30 s).")
+@click.option("--shard", help="Extract only shard i/n (0-based) into OUT's part file; "
+                              "combine parts with d2 merge. Automatic under torchrun.")
 @click.option("--overwrite", is_flag=True, help="Redo images already in the output.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @command
 def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, max_edge,
                 max_sum_edges, preprocessing, no_relu, max_keypoints, descriptor_dtype, device,
-                batch_size, workers, commit_every, overwrite, quiet, as_json) -> int:
+                batch_size, workers, commit_every, shard, overwrite, quiet, as_json) -> int:
     """Extract D2-Net features of IMAGES (files and/or folders) into an HDF5 file.
 
     Re-running skips images already in the file; a killed run resumes.
@@ -160,7 +193,8 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
         scales=chosen, max_edge=max_edge, max_sum_edges=max_sum_edges,
         preprocessing=preprocessing, use_relu=not no_relu, max_keypoints=max_keypoints,
         descriptor_dtype=descriptor_dtype)
-    with progress_bar("extract", "img", quiet or as_json) as p:
+    with sharded(out, shard, device) as run, \
+            progress_bar("extract", "img", quiet or as_json or run.rank > 0) as p:
         task = p.add_task("extract", total=None, rate="")
 
         def on_start(total: int, todo: int) -> None:
@@ -173,8 +207,9 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
 
         result = extract(
             images, out, model=model, settings=settings, image_list=image_list,
-            image_root=image_root, device=device, batch_size=batch_size, overwrite=overwrite,
-            workers=workers, commit_every=commit_every, progress=on_image, on_start=on_start)
+            image_root=image_root, device=run.device, batch_size=batch_size, overwrite=overwrite,
+            workers=workers, commit_every=commit_every, shard=run.shard, progress=on_image,
+            on_start=on_start)
     s = result.summary()
     if as_json:
         print_json(s)
@@ -190,6 +225,37 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
     if result.interrupted:
         raise KeyboardInterrupt
     return EXIT_PARTIAL if result.failed else 0
+
+
+# --------------------------------------------------------------------------- merge
+@main.command("merge")
+@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", "-o", required=True, help="Merged features or matches file.")
+@click.option("--remove-parts", is_flag=True, help="Delete the part files once merged.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@command
+def merge_cmd(parts, out, remove_parts, as_json) -> int:
+    """Combine part files (from --shard runs) into one features or matches file.
+
+    Parts made with different models or settings are refused, and so is a name present
+    twice with different data. Re-running is safe (the merge is atomic).
+    """
+    from pathlib import Path
+
+    from .shard import merge
+
+    result = merge(parts, out)
+    if remove_parts:
+        for p in result.parts:
+            if p.resolve() != Path(out).resolve():
+                p.unlink()
+    s = result.summary()
+    if as_json:
+        print_json(s)
+    else:
+        summary_table(f"d2 merge -> {out}", [("parts", len(s["parts"])), ("entries", s["entries"]),
+                                            ("identical duplicates", s["identical_duplicates"])])
+    return 0
 
 
 # --------------------------------------------------------------------------- pairs
