@@ -232,3 +232,47 @@ def test_ctrl_c_keeps_finished_images(images, tmp_path, d2):
     assert 2 <= len(done) <= 6
     proc = d2("extract", images, "--out", out, "--json", *FAST)
     assert json.loads(proc.stdout)["skipped"] == len(done)
+
+
+@pytest.fixture()
+def same_size(tmp_path, samples_dir) -> Path:
+    from PIL import Image
+    root = tmp_path / "same"
+    root.mkdir()
+    for src in sorted(samples_dir.glob("*.jpg"))[:4]:
+        Image.open(src).convert("RGB").resize((200, 150)).save(root / (src.stem + ".png"))
+    return root
+
+
+def test_batches_and_memory_cap_splits_match_one_by_one(same_size, tmp_path):
+    from d2cli.extract import Extractor
+    one = extract([same_size], tmp_path / "one.h5", batch_size=1, workers=0)
+    # a cap below one image's need forces every batch of 4 to be split down to singles
+    batched = extract([same_size], tmp_path / "b.h5", batch_size=4, memory_cap_gb=1e-6)
+    assert one.keypoints == batched.keypoints
+    a, b = read_all(tmp_path / "one.h5"), read_all(tmp_path / "b.h5")
+    for name in a:
+        assert np.allclose(a[name]["keypoints"], b[name]["keypoints"], atol=1e-3)
+    ext = Extractor(None, ExtractSettings(), "cpu", memory_cap_gb=1e-6)
+    calls = []
+    orig = ext._trunk
+    ext._trunk = lambda x: (calls.append(x.shape[0]), orig(x))[1]
+    x = [np.zeros((3, 64, 64), np.float32)] * 4
+    assert len(ext.run_batch(x)) == 4 and calls == [1, 1, 1, 1]
+
+
+def test_bf16_trunk_on_cpu_is_close_to_fp32(golden_dir, tmp_path):
+    from d2cli.extract import Extractor
+    from d2cli.images import load_rgb
+    rgb = load_rgb(golden_dir / "b.png")
+    f32 = Extractor(None, ExtractSettings(), "cpu")(rgb)
+    bf16 = Extractor(None, ExtractSettings(precision="bf16"), "cpu")(rgb)
+    assert abs(len(bf16) - len(f32)) <= 0.3 * len(f32)
+    # most fp32 keypoints are found again within a pixel
+    d = np.linalg.norm(f32.keypoints[:, None] - bf16.keypoints[None], axis=2).min(axis=1)
+    assert (d < 1.0).mean() > 0.6
+    res = extract([golden_dir / "b.png"], tmp_path / "f.h5",
+                  settings=ExtractSettings(precision="bf16"))
+    with FeatureFile(tmp_path / "f.h5") as ff:
+        assert ff.attrs["settings"]["precision"] == "bf16"
+    assert res.extracted == ["b.png"]

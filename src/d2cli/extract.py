@@ -21,13 +21,24 @@ import torch
 
 from . import __version__
 from .errors import BadImage, EmptyInput, IncompatibleFeatures, InputNotFound, UsageError
-from .images import IMAGE_EXTENSIONS, PREPROCESSING, find_images, load_rgb, preprocess, resize_for_network
-from .io.features import Features, FeatureFile
+from .images import (
+    IMAGE_EXTENSIONS,
+    PREPROCESSING,
+    find_images,
+    load_rgb,
+    preprocess,
+    resize_for_network,
+)
+from .io.features import FeatureFile, Features
 from .io.h5store import H5Store
 from .model import load_d2net
 from .pyramid import MULTI_SCALE, SINGLE_SCALE, Keypoints, extract_multiscale
 from .shard import Shard
 from .weights import ModelInfo, resolve_model
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+# peak trunk memory per input pixel of the largest level: two 64-channel fp32 maps (conv1)
+BYTES_PER_INPUT_PIXEL = 2 * 64 * 4
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,11 @@ class ExtractSettings:
     use_relu: bool = True
     max_keypoints: int | None = None
     descriptor_dtype: str = "float16"
+    precision: str = "fp32"  # of the trunk; detection and refinement always run in fp32
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise UsageError("scales must be a non-empty list of positive numbers")
         if self.preprocessing not in PREPROCESSING:
@@ -160,11 +174,29 @@ class Extractor:
     """A loaded model plus settings: numpy RGB image -> :class:`Features`."""
 
     def __init__(self, model: str | os.PathLike | None = None,
-                 settings: ExtractSettings | None = None, device: str = "auto") -> None:
+                 settings: ExtractSettings | None = None, device: str = "auto",
+                 memory_cap_gb: float | None = None) -> None:
         self.settings = settings or ExtractSettings()
         self.info: ModelInfo = resolve_model(model)
         self.device = pick_device(device)
         self.net = load_d2net(self.info.path, use_relu=self.settings.use_relu).to(self.device)
+        self.memory_cap = memory_cap_gb * 2**30 if memory_cap_gb else None
+        if self.device.type == "cuda":
+            # fp32 means fp32: cuDNN would otherwise use TF32 and break parity
+            allow = self.settings.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = allow
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) -> (B, 512, h', w') float32 features at the chosen precision."""
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)
+        if half is None:
+            return self.net(x)
+        with torch.autocast(self.device.type, dtype=half):
+            return self.net(x).float()
 
     def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(H, W, 3) uint8 -> network input (3, h, w) float32 and the back-scaling factors."""
@@ -176,9 +208,29 @@ class Extractor:
 
     @torch.no_grad()
     def run_batch(self, inputs: list[np.ndarray]) -> list[Keypoints]:
-        """Network inputs of one size (each (3, h, w)) -> keypoints in input pixels."""
-        x = torch.from_numpy(np.stack(inputs)).to(self.device)
-        return extract_multiscale(x, self.net, self.settings.scales)
+        """Network inputs of one size (each (3, h, w)) -> keypoints in input pixels.
+
+        A batch over the memory cap, or one that runs out of GPU memory, is split in
+        halves and retried; a single image that still does not fit raises.
+        """
+        h, w = inputs[0].shape[1:]
+        level_pixels = h * w * max(self.settings.scales) ** 2
+        if (len(inputs) > 1 and self.memory_cap is not None
+                and len(inputs) * level_pixels * BYTES_PER_INPUT_PIXEL > self.memory_cap):
+            return self._split(inputs)
+        try:
+            x = torch.from_numpy(np.stack(inputs)).to(self.device)
+            return extract_multiscale(x, self._trunk, self.settings.scales)
+        except torch.OutOfMemoryError:
+            if len(inputs) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return self._split(inputs)
+
+    def _split(self, inputs: list[np.ndarray]) -> list[Keypoints]:
+        half = len(inputs) // 2
+        return self.run_batch(inputs[:half]) + self.run_batch(inputs[half:])
 
     def finish(self, kp: Keypoints, fact_i: float, fact_j: float, size_wh: tuple[int, int]) -> Features:
         """Back to original-image pixels (x, y), top-K, file dtypes."""
@@ -282,6 +334,7 @@ def extract(
     workers: int = 2,
     commit_every: int = 16,
     shard: Shard | None = None,
+    memory_cap_gb: float | None = None,
     progress: ProgressFn | None = None,
     on_start: Callable[[int, int], None] | None = None,
 ) -> ExtractResult:
@@ -294,7 +347,7 @@ def extract(
     """
     t0 = time.perf_counter()
     root, items = collect_images(inputs, image_list, image_root)
-    extractor = Extractor(model, settings, device)
+    extractor = Extractor(model, settings, device, memory_cap_gb)
     attrs = extractor.file_attrs(root)
     out = Path(out)
     merged_done: set[str] = set()
