@@ -421,5 +421,346 @@ def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, devi
     return EXIT_PARTIAL if result.failed else 0
 
 
+# --------------------------------------------------------------------------- weights
+@main.group("weights")
+def weights_group() -> None:
+    """List, fetch and check D2-Net weights (cache: $D2CLI_HOME/weights)."""
+
+
+@weights_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable list on stdout.")
+@command
+def weights_list_cmd(as_json) -> int:
+    """Every known model and every file in the cache, and whether it is available offline."""
+    from .weights import cache_dir, list_models
+
+    entries = list_models()
+    if as_json:
+        print_json({"cache": str(cache_dir()), "models": [e.as_dict() for e in entries]})
+        return 0
+    table = Table(title=f"d2 weights (cache: {cache_dir()})", title_justify="left")
+    for col in ("name", "kind", "available", "size", "sha256", "licence", "source"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        if e.available:
+            avail = "yes" if e.recorded_sha256 in (None, e.sha256) else "yes (changed since fetch)"
+        elif e.partial_bytes is not None:
+            avail = f"no (partial: {e.partial_bytes / 1e6:.1f} MB)"
+        else:
+            avail = "no"
+        table.add_row(e.name, e.kind, avail, f"{e.size / 1e6:.1f} MB" if e.size else "-",
+                      e.sha256[:16] + "…" if e.sha256 else "-", e.licence, e.source)
+    out_console.print(table)
+    if not all(e.available for e in entries):
+        out_console.print("Fetch a missing model with `d2 weights fetch NAME`; --json gives "
+                          "full sha256 values.", highlight=False)
+    return 0
+
+
+@weights_group.command("fetch")
+@click.argument("name")
+@click.option("--url", help="Download from this URL (any NAME then works). "
+                            "Default: $D2CLI_WEIGHTS_URL/NAME.pth, else the official host.")
+@click.option("--sha256", "expected_sha256", help="Refuse the file unless it has this sha256.")
+@click.option("--force", is_flag=True, help="Download again even if the cache has it.")
+@click.option("--retries", default=3, show_default=True,
+              help="Resume attempts within this run after a broken transfer.")
+@click.option("--timeout", default=30.0, show_default=True,
+              help="Seconds to wait for the server before a retry.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@command
+def weights_fetch_cmd(name, url, expected_sha256, force, retries, timeout, quiet,
+                      as_json) -> int:
+    """Download NAME (d2_ots, d2_tf, d2_tf_no_phototourism) into the cache.
+
+    The file appears in the cache only once complete and verified as a D2-Net
+    checkpoint; an interrupted download resumes where it stopped when run again.
+    """
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    from .weights.fetch import fetch_model
+
+    columns = [TextColumn("[bold]fetch {task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console, disable=quiet or as_json) as p:
+        task = p.add_task(name, total=None, visible=False)
+
+        def on_bytes(done: int, total: int | None) -> None:
+            p.update(task, completed=done, total=total, visible=True)
+
+        res = fetch_model(name, url, expected_sha256=expected_sha256, force=force,
+                          retries=retries, timeout=timeout, progress=on_bytes)
+    s = res.summary()
+    if as_json:
+        print_json(s)
+    elif not res.downloaded:
+        out_console.print(f"{name} is already in the cache: {res.path}\nsha256 {res.sha256} "
+                          "(--force downloads it again)", highlight=False, soft_wrap=True)
+    else:
+        rows = [("file", s["path"]), ("from", s["url"]), ("size", f"{s['size']:,} bytes"),
+                ("sha256", s["sha256"]), ("time", f"{s['seconds']:.1f} s")]
+        if res.resumed_from:
+            rows.append(("resumed at", f"{res.resumed_from:,} bytes"))
+        summary_table(f"d2 weights fetch {name}: verified", rows)
+    return 0
+
+
+@weights_group.command("check")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
+@command
+def weights_check_cmd(path, as_json) -> int:
+    """Validate a checkpoint PATH (or model name): layout, shapes, finite values."""
+    from .weights import check_weights
+
+    res = check_weights(path)
+    s = res.summary()
+    if as_json:
+        print_json(s)
+        return 0
+    record = {"matches": "matches the fetch record", "differs": "DIFFERS from the fetch record",
+              None: "no fetch record"}[res.record]
+    summary_table("d2 weights check: a valid D2-Net checkpoint", [
+        ("file", s["path"]), ("size", f"{s['size']:,} bytes"), ("sha256", s["sha256"]),
+        ("layout", s["layout"]), ("stored as", ", ".join(s["dtypes"])),
+        ("tensors", s["tensors"]), ("parameters", f"{s['parameters']:,}"),
+        ("extra keys", ", ".join(s["extra_keys"]) or "none"),
+        ("known as", ", ".join(s["known_as"]) or "-"), ("record", record),
+    ])
+    table = Table(show_header=True, title_justify="left")
+    for col in ("layer", "shape", "weight mean", "weight std"):
+        table.add_column(col, justify="right")
+    for layer in s["layers"]:
+        table.add_row(layer["layer"], "x".join(map(str, layer["shape"])),
+                      f"{layer['weight_mean']:+.2e}", f"{layer['weight_std']:.2e}")
+    out_console.print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+@main.group("eval")
+def eval_group() -> None:
+    """Benchmarks: HPatches mean matching accuracy, relative-pose AUC."""
+
+
+def _eval_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--model", "-m", "models", multiple=True,
+                     help="Model name or .pth path; repeat for several [default: built-in]."),
+        click.option("--fetch", is_flag=True, help="Download missing official models first."),
+        click.option("--multiscale", is_flag=True, help="Scales 0.5, 1, 2 (D2-Net MS)."),
+        click.option("--both-scales", is_flag=True,
+                     help="Each model single-scale and multiscale (two curves)."),
+        click.option("--scales", help="Any pyramid, e.g. '0.5,1'. Overrides --multiscale."),
+        click.option("--max-edge", default=1600, show_default=True,
+                     help="Also COLMAP SIFT's max image size."),
+        click.option("--max-sum-edges", default=2800, show_default=True),
+        click.option("--preprocessing", type=click.Choice(["caffe", "torch", "none"]),
+                     default="caffe", show_default=True),
+        click.option("--no-relu", is_flag=True, help="No ReLU after conv4_3."),
+        click.option("--max-keypoints", type=int, help="Keep the K highest scores per image."),
+        click.option("--baseline", type=click.Choice(["sift"]), multiple=True,
+                     help="Add COLMAP SIFT (pycolmap, CPU) on the same images."),
+        click.option("--sift-max-features", default=8192, show_default=True),
+        click.option("--work-dir", type=click.Path(),
+                     help="Cache of features and matches [default: $D2CLI_HOME/eval/...]."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda, cuda:N."),
+        click.option("--no-plot", is_flag=True, help="Do not write the PNG."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+        click.option("--json", "as_json", is_flag=True, help="Full results as JSON on stdout."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge, max_sum_edges,
+                  preprocessing, no_relu, max_keypoints, baseline, sift_max_features,
+                  quiet) -> list[Any]:
+    from .eval.methods import SiftSettings, d2_method, sift_method
+    from .extract import MULTI_SCALE, SINGLE_SCALE, ExtractSettings
+    from .weights.fetch import ensure_model
+
+    if both_scales and (multiscale or scales):
+        raise click.BadParameter("--both-scales chooses the scales itself",
+                                 param_hint="--both-scales")
+    chosen = _parse_scales(scales) or (MULTI_SCALE if multiscale else SINGLE_SCALE)
+    scale_sets = (SINGLE_SCALE, MULTI_SCALE) if both_scales else (chosen,)
+    methods = []
+    for model in models or (None,):
+        if fetch:
+            with _download_bar(str(model), quiet) as on_bytes:
+                ensure_model(model, fetch=True, progress=on_bytes)
+        for sc in scale_sets:
+            # fp32 descriptors: the protocol matches in fp32, fp16 would flip near-ties
+            settings = ExtractSettings(
+                scales=sc, max_edge=max_edge, max_sum_edges=max_sum_edges,
+                preprocessing=preprocessing, use_relu=not no_relu,
+                max_keypoints=max_keypoints, descriptor_dtype="float32")
+            methods.append(d2_method(model, settings))
+    if "sift" in baseline:
+        methods.append(sift_method(SiftSettings(max_image_size=max_edge,
+                                                max_num_features=sift_max_features)))
+    return methods
+
+
+@contextmanager
+def _download_bar(name: str, quiet: bool) -> Iterator[Callable[[int, int | None], None]]:
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    columns = [TextColumn("[bold]fetch {task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console, disable=quiet) as p:
+        task = p.add_task(name, total=None, visible=False)
+
+        def on_bytes(done: int, total: int | None) -> None:
+            p.update(task, completed=done, total=total, visible=True)
+
+        yield on_bytes
+
+
+@contextmanager
+def _stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """One bar per stage ('extract <method>', 'match <method>')."""
+    with progress_bar("eval", "items", quiet) as p:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks and total == 0:
+                return  # all cached: no bar
+            if stage not in tasks:
+                tasks[stage] = p.add_task(stage, total=total, rate="")
+            p.update(tasks[stage], completed=done, total=total, rate=_rate(p, tasks[stage]))
+
+        yield on_progress
+
+
+def _fmt(v: float | None, pct: bool = True) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 100:.1f}" if pct else f"{v:.0f}"
+
+
+@eval_group.command("hpatches")
+@click.argument("root", type=click.Path(path_type=str))
+@click.option("--all-sequences", is_flag=True,
+              help="Keep the 8 high-resolution sequences the D2-Net protocol removes.")
+@click.option("--plot", default="hpatches-mma.png", show_default=True,
+              help="PNG of MMA vs threshold.")
+@_eval_options
+@command
+def eval_hpatches_cmd(root, all_sequences, plot, models, fetch, multiscale, both_scales, scales,
+                      max_edge, max_sum_edges, preprocessing, no_relu, max_keypoints, baseline,
+                      sift_max_features, work_dir, device, no_plot, quiet, as_json) -> int:
+    """HPatches-sequences mean matching accuracy (the D2-Net paper's protocol) on ROOT.
+
+    ROOT is laid out like hpatches-sequences-release: <seq>/1.ppm .. 6.ppm and
+    H_1_2 .. H_1_6. MMA at 1..10 px, overall and per i_/v_ sequences.
+    """
+    from .eval.hpatches import evaluate_hpatches
+    from .eval.plots import plot_mma
+
+    quiet = quiet or as_json
+    methods = _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge,
+                            max_sum_edges, preprocessing, no_relu, max_keypoints, baseline,
+                            sift_max_features, quiet)
+    with _stage_bars(quiet) as on_progress:
+        res = evaluate_hpatches(root, methods, work_dir=work_dir, all_sequences=all_sequences,
+                                device=device, progress=on_progress)
+    s = res.summary()
+    s["plot"] = None if no_plot else str(plot_mma(res, plot))
+    if as_json:
+        print_json(s)
+    else:
+        sq = s["sequences"]
+        table = Table(title=f"d2 eval hpatches {res.root}: {sq['total']} sequences "
+                            f"({sq['i']} i_, {sq['v']} v_), {s['pairs']['overall']} pairs",
+                      title_justify="left")
+        for col in ("method", "set", "pairs", "feat/img", "match/pair", "MMA@1", "@2", "@3",
+                    "@5", "@10"):
+            table.add_column(col, justify="left" if col in ("method", "set") else "right")
+        for ms in s["methods"]:
+            fpi = ms["features_per_image"]
+            for kind, name in (("overall", "all"), ("i", "illum"), ("v", "view")):
+                mma = ms["mma"][kind]
+                if mma is None or (kind != "overall"
+                                   and s["pairs"][kind] == s["pairs"]["overall"]):
+                    continue  # a set with no pairs, or the same pairs as "all"
+                table.add_row(
+                    ms["label"], name, str(s["pairs"][kind]),
+                    f"{fpi['mean']:.0f}" if kind == "overall" else "",
+                    _fmt(ms["matches_per_pair"][kind], False),
+                    *(_fmt(mma[t - 1]) for t in (1, 2, 3, 5, 10)))
+        out_console.print(table)
+        out_console.print(f"MMA in % at 1..10 px. Features and matches cached in {res.work_dir}"
+                          + (f"; plot: {s['plot']}" if s["plot"] else ""),
+                          highlight=False, soft_wrap=True)
+        if res.cache_dropped:
+            err_console.print("[yellow]images changed since the last run: the cache was redone")
+        report_failures({k: f"{k}: {v}" for k, v in res.skipped.items()}, "sequences")
+        report_failures({k: f"pair {k}: {v}" for k, v in res.failed.items()}, "pairs")
+    return EXIT_PARTIAL if res.skipped or res.failed else 0
+
+
+@eval_group.command("pose")
+@click.argument("root", type=click.Path(path_type=str))
+@click.option("--pairs", "pairs_file", type=click.Path(),
+              help="Pairs with cameras: 'name0 name1 K0(9) K1(9) T_0to1(16)' per line, names "
+                   "relative to ROOT. Default: ROOT is a Strecha folder (.camera files).")
+@click.option("--max-gap", type=int,
+              help="Strecha: pair images at most this far apart in name order [default: all].")
+@click.option("--max-error", default=2.0, show_default=True,
+              help="RANSAC threshold of the essential matrix, in pixels.")
+@click.option("--plot", default="pose-auc.png", show_default=True,
+              help="PNG of the pose-error curves.")
+@_eval_options
+@command
+def eval_pose_cmd(root, pairs_file, max_gap, max_error, plot, models, fetch, multiscale,
+                  both_scales, scales, max_edge, max_sum_edges, preprocessing, no_relu,
+                  max_keypoints, baseline, sift_max_features, work_dir, device, no_plot, quiet,
+                  as_json) -> int:
+    """Relative-pose AUC at 5/10/20 degrees on image pairs with known cameras under ROOT.
+
+    Matches every pair, estimates the essential matrix with RANSAC (pycolmap) and
+    compares the relative pose with the ground truth.
+    """
+    from .eval.plots import plot_pose
+    from .eval.pose import evaluate_pose
+
+    quiet = quiet or as_json
+    methods = _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge,
+                            max_sum_edges, preprocessing, no_relu, max_keypoints, baseline,
+                            sift_max_features, quiet)
+    with _stage_bars(quiet) as on_progress:
+        res = evaluate_pose(root, methods, pairs_file=pairs_file, max_gap=max_gap,
+                            max_error=max_error, work_dir=work_dir, device=device,
+                            progress=on_progress)
+    s = res.summary()
+    s["plot"] = None if no_plot else str(plot_pose(res, plot))
+    if as_json:
+        print_json(s)
+    else:
+        table = Table(title=f"d2 eval pose {res.root}: {s['evaluated_pairs']} pairs, "
+                            f"RANSAC {res.max_error:g} px", title_justify="left")
+        for col in ("method", "AUC@5", "@10", "@20", "match/pair", "inliers/pair",
+                    "median err", "no pose"):
+            table.add_column(col, justify="left" if col == "method" else "right")
+        for ms in s["methods"]:
+            med = ms["median_error"]
+            table.add_row(ms["label"], *(_fmt(ms["auc"][f"@{t}"]) for t in (5, 10, 20)),
+                          _fmt(ms["matches_per_pair"], False), _fmt(ms["inliers_per_pair"], False),
+                          "-" if med is None else f"{med:.2f}°", str(ms["failed_estimates"]))
+        out_console.print(table)
+        out_console.print(f"AUC in %. Features and matches cached in {res.work_dir}"
+                          + (f"; plot: {s['plot']}" if s["plot"] else ""),
+                          highlight=False, soft_wrap=True)
+        if res.cache_dropped:
+            err_console.print("[yellow]images changed since the last run: the cache was redone")
+        report_failures({k: f"pair {k}: {v}" for k, v in res.failed.items()}, "pairs")
+    return EXIT_PARTIAL if res.failed else 0
+
+
 if __name__ == "__main__":
     main()

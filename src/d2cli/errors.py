@@ -52,6 +52,10 @@ class BadCheckpoint(D2Error):
     """A weights file that is missing, corrupt or not a D2-Net checkpoint."""
 
 
+class DownloadFailed(D2Error):
+    """A download that could not complete (network, HTTP error); re-running resumes it."""
+
+
 class BadFile(D2Error):
     """A features/matches/pairs/model file that is unreadable or malformed."""
 
