@@ -368,8 +368,10 @@ def pairs_from_poses_cmd(model_dir, num_matched, max_angle, any_angle, out, as_j
 @click.option("--max-distance", type=float,
               help="Largest descriptor distance of a match (unit vectors: 0 to 2).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--cache-mb", default=2048, show_default=True,
+@click.option("--cache-mb", default=2048, show_default=True, type=click.IntRange(min=0),
               help="Memory for descriptors kept between pairs.")
+@click.option("--commit-every", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Pairs per crash-safe commit (at most this many are redone after a kill).")
 @click.option("--overwrite", is_flag=True, help="Redo pairs already in the output.")
 @click.option("--force", is_flag=True,
               help="Match features made with different models or settings anyway.")
@@ -377,7 +379,7 @@ def pairs_from_poses_cmd(model_dir, num_matched, max_angle, any_angle, out, as_j
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @command
 def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, device, cache_mb,
-              overwrite, force, quiet, as_json) -> int:
+              commit_every, overwrite, force, quiet, as_json) -> int:
     """Mutual nearest neighbours of the descriptors of every pair, into an hloc matches file.
 
     Re-running skips pairs already in the file; a killed run resumes.
@@ -385,8 +387,6 @@ def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, devi
     from .match import MatchSettings, match
 
     settings = MatchSettings(ratio=ratio, max_distance=max_distance)
-    if cache_mb < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--cache-mb")
     with progress_bar("match", "pairs", quiet or as_json) as p:
         task = p.add_task("match", total=None, rate="", visible=False)
 
@@ -401,6 +401,7 @@ def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, devi
         result = match(
             pairs_file, features, out, features_ref=features_ref, settings=settings,
             device=device, overwrite=overwrite, force=force, cache_bytes=cache_mb << 20,
+            commit_every=commit_every,
             progress=on_pair, on_start=on_start)
     s = result.summary()
     if as_json:
