@@ -1,0 +1,617 @@
+"""Features + matches files -> a COLMAP database (``d2 colmap-import``).
+
+What goes into the database (pycolmap 4.2.1, see docs/ecosystem notes):
+
+* one image per name of the features file (sorted, so ids are reproducible), with a
+  camera chosen by ``camera_mode`` and, in a fresh database, a trivial rig and frame
+  per image (COLMAP's own importer does the same; a database where only *some*
+  images have frames crashes the mapper, so an older database without frames gets
+  none);
+* keypoints in COLMAP's pixel convention (+0.5: the centre of the top-left pixel is
+  (0.5, 0.5) there and (0, 0) in hloc/D2-Net files), float32 (N, 2);
+* raw matches, uint32, unmatched entries removed, self pairs and duplicate
+  unordered pairs dropped;
+* two-view geometries: pycolmap's verification of the imported pairs, or with
+  ``verify=False`` the raw matches with a defined ``config`` (pycolmap silently
+  ignores geometries whose config is UNDEFINED).
+
+Importing into an existing database reuses images by name and skips keypoints,
+matches and geometries that are already there, so importing the same files twice
+gives the same database as importing them once. Inputs that cannot be imported
+(other keypoints than the database holds, a reference model of other image sizes)
+are refused before anything is written; an interrupted import or verification is
+completed by running it again. Writes are grouped in one transaction for speed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pycolmap
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadFile, IncompatibleFeatures, InputNotFound, OutputError, UsageError
+from .io.features import FeatureFile, MatchFile
+from .io.pairs import normalize_pairs, write_pairs
+
+CAMERA_MODES = ("auto", "single", "per-folder", "per-image")
+CAMERA_MODELS = tuple(m for m in pycolmap.CameraModelId.__members__ if m != "INVALID")
+DEFAULT_FOCAL_FACTOR = 1.2  # COLMAP's guess without EXIF: f = 1.2 * max(W, H)
+VERIFY_BATCH = 64  # pairs per verify_matches call: progress and Ctrl-C between batches
+# hloc's verification settings: more trials and a lower inlier ratio than COLMAP's
+# defaults, which suit learned features with many outliers.
+VERIFY_OPTIONS = {"ransac": {"max_num_trials": 20000, "min_inlier_ratio": 0.1}}
+CONFIG = pycolmap.TwoViewGeometryConfiguration
+UNUSABLE_CONFIGS = (int(CONFIG.UNDEFINED), int(CONFIG.DEGENERATE))
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@contextmanager
+def quiet_colmap(verbose: bool = False) -> Iterator[None]:
+    """pycolmap logs every step at INFO, and failures we report ourselves as errors: mute it
+    unless asked (3 = FATAL only)."""
+    old = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = old if verbose else max(old, 3)
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = old
+
+
+@contextmanager
+def open_database(path: str | os.PathLike) -> Iterator[pycolmap.Database]:
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{p}: is a directory, expected a database file path")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{p}: cannot write here ({e.strerror})") from None
+    try:
+        db = pycolmap.Database.open(p)
+    except Exception as e:  # pycolmap raises RuntimeError/ValueError with SQLite's text
+        raise BadFile(f"{p}: not a usable COLMAP database ({str(e).splitlines()[0]})") from None
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def database_stats(database: str | os.PathLike) -> dict[str, int]:
+    """The numbers ``colmap database`` summaries show."""
+    with quiet_colmap(), open_database(database) as db:
+        return {
+            "cameras": db.num_cameras(), "images": db.num_images(), "frames": db.num_frames(),
+            "keypoints": db.num_keypoints(), "matched_pairs": db.num_matched_image_pairs(),
+            "matches": db.num_matches(), "verified_pairs": db.num_verified_image_pairs(),
+            "inlier_matches": db.num_inlier_matches(),
+        }
+
+
+# ----------------------------------------------------------------------------- cameras
+@dataclass(frozen=True)
+class ImageInfo:
+    """What decides an image's camera: its size and, when readable, its EXIF."""
+
+    name: str
+    width: int
+    height: int
+    path: Path | None = None  # the image file, when it exists
+    exif: tuple[str, str, float] | None = None  # (make, model, focal length in mm)
+
+
+def read_exif(path: Path) -> tuple[str, str, float] | None:
+    """(make, model, focal mm) from EXIF, or None; only the header is read."""
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            focal = exif.get_ifd(0x8769).get(37386) or exif.get(37386)
+            if not focal:
+                return None
+            return (str(exif.get(271, "")).strip(), str(exif.get(272, "")).strip(), float(focal))
+    except (OSError, UnidentifiedImageError, ValueError, TypeError, ZeroDivisionError):
+        return None
+
+
+def camera_key(info: ImageInfo, mode: str) -> tuple[Any, ...]:
+    """Images with equal keys share one camera."""
+    if mode == "per-image":
+        return ("image", info.name)
+    if mode == "single":
+        return ("single", info.width, info.height)
+    if mode == "per-folder":
+        return ("folder", str(PurePosixPath(info.name).parent), info.width, info.height)
+    return ("auto", info.width, info.height, info.exif)  # like COLMAP: one per size + EXIF
+
+
+def check_camera_model(model: str, params: Sequence[float] | None) -> str:
+    model = model.upper()
+    if model not in CAMERA_MODELS:
+        raise UsageError(f"unknown camera model {model!r} (one of {', '.join(CAMERA_MODELS)})")
+    if params is not None:
+        cam = pycolmap.Camera.create_from_model_name(0, model, 1.0, 2, 2)
+        if len(params) != len(cam.params):
+            raise UsageError(
+                f"camera model {model} takes {len(cam.params)} parameters "
+                f"({cam.params_info}), got {len(params)}")
+    return model
+
+
+def make_camera(info: ImageInfo, model: str, params: Sequence[float] | None) -> pycolmap.Camera:
+    """A camera for an image: given params, else EXIF focal prior, else COLMAP's guess."""
+    w, h = info.width, info.height
+    if params is not None:
+        cam = pycolmap.Camera.create_from_model_name(0, model, 1.0, w, h)
+        cam.params = np.asarray(params, dtype=np.float64)
+        cam.has_prior_focal_length = True
+        return cam
+    focal, prior = DEFAULT_FOCAL_FACTOR * max(w, h), False
+    if info.exif is not None and info.path is not None:
+        # COLMAP's own EXIF logic (sensor-width database, 35 mm equivalent)
+        try:
+            guess = pycolmap.infer_camera_from_image(info.path)
+        except Exception:  # an undecodable file: keep the default guess
+            guess = None
+        if guess is not None and guess.has_prior_focal_length and guess.width == w:
+            focal, prior = float(guess.mean_focal_length()), True
+    cam = pycolmap.Camera.create_from_model_name(0, model, focal, w, h)
+    cam.has_prior_focal_length = prior
+    return cam
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass
+class ImportResult:
+    database: Path
+    features: Path
+    matches: Path | None
+    images: int = 0  # images of this import in the database
+    new_images: list[str] = field(default_factory=list)
+    new_cameras: int = 0
+    keypoints_written: int = 0  # images whose keypoints were written now
+    pairs: int = 0  # pairs considered (after dropping self pairs and duplicates)
+    dropped_pairs: int = 0  # self pairs and duplicate unordered pairs
+    new_pairs: int = 0  # match lists written now
+    replaced_pairs: int = 0  # match lists that differed from the database and were replaced
+    verified_now: int = 0  # pairs given a two-view geometry now
+    inlier_pairs_now: int = 0  # ... of which usable by the mapper
+    outside_model: int = 0  # images of the features file that the reference model lacks
+    outside_model_pairs: int = 0  # pairs ignored for the same reason
+    failed: dict[str, str] = field(default_factory=dict)  # name or pair -> reason
+    no_image_file: list[str] = field(default_factory=list)
+    image_dir: Path | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new_images or self.keypoints_written or self.new_pairs
+                    or self.replaced_pairs or self.verified_now)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "database": str(self.database), "features": str(self.features),
+            "matches": str(self.matches) if self.matches else None,
+            "image_dir": str(self.image_dir) if self.image_dir else None,
+            "images": self.images, "new_images": len(self.new_images),
+            "new_cameras": self.new_cameras, "keypoints_written": self.keypoints_written,
+            "pairs": self.pairs, "dropped_pairs": self.dropped_pairs,
+            "new_pairs": self.new_pairs, "replaced_pairs": self.replaced_pairs,
+            "verified_now": self.verified_now, "inlier_pairs_now": self.inlier_pairs_now,
+            "outside_model": self.outside_model,
+            "outside_model_pairs": self.outside_model_pairs, "failed": self.failed,
+            "no_image_file": len(self.no_image_file), "database_stats": self.stats,
+            "changed": self.changed, "seconds": round(self.seconds, 3),
+        }
+
+
+# ----------------------------------------------------------------------------- helpers
+def _pairs_from_match_file(
+    mf: MatchFile, names: Iterable[str],
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Pairs of a matches file as image names, plus the keys naming unknown images.
+
+    Keys hold names with '/' replaced by '-' (hloc), so they are mapped back through
+    the known names; old ``a_b`` keys are split at the first '_' that gives two names.
+    """
+    flat: dict[str, str] = {}
+    for n in names:
+        flat.setdefault(n.replace("/", "-"), n)
+    pairs, unknown = [], []
+    for key in mf.keys():
+        parts = key.split("/")
+        if len(parts) == 2:
+            a, b = parts
+        else:
+            a = b = ""
+            for i, c in enumerate(key):
+                if c == "_" and key[:i] in flat and key[i + 1:] in flat:
+                    a, b = key[:i], key[i + 1:]
+                    break
+            if not a:
+                unknown.append(key)
+                continue
+        missing = [x for x in (a, b) if x not in flat]
+        if missing:
+            unknown.extend(missing)
+            continue
+        pairs.append((flat[a], flat[b]))
+    return pairs, unknown
+
+
+def _check_match_provenance(ff: FeatureFile, mf: MatchFile) -> None:
+    """Matches index keypoints: refuse matches made from other features."""
+    recorded = mf.attrs.get("features")
+    if not recorded:
+        return
+    entries = recorded if isinstance(recorded, list) else [recorded]
+    entries = [e for e in entries if isinstance(e, dict) and "model_sha256" in e]
+    if not entries:
+        return
+    mine = (ff.attrs.get("model_sha256"), ff.attrs.get("settings"))
+    if all((e.get("model_sha256"), e.get("settings")) != mine for e in entries):
+        raise IncompatibleFeatures(
+            f"{mf.path} was matched from features made with another model or settings "
+            f"than {ff.path}; re-run d2 match on these features")
+
+
+def _image_info(ff: FeatureFile, name: str, image_dir: Path | None) -> tuple[ImageInfo, bool]:
+    """(info, image file found)."""
+    w, h = (int(v) for v in ff[name].image_size[:2])
+    path = image_dir / name if image_dir is not None else None
+    found = path is not None and path.is_file()
+    if (w <= 0 or h <= 0) and found:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except (OSError, UnidentifiedImageError):
+            pass
+    if w <= 0 or h <= 0:
+        raise BadFile(f"{name}: no image_size in {ff.path} and no readable image file")
+    return ImageInfo(name, w, h, path if found else None, read_exif(path) if found else None), found
+
+
+def _same_matches(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    return bool(np.array_equal(np.unique(a, axis=0), np.unique(b, axis=0)))
+
+
+def _add_frame(db: pycolmap.Database, camera_id: int, image_id: int) -> None:
+    sensor = pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id)
+    rig = db.read_rig_with_sensor(sensor)
+    if rig is None:
+        rig = pycolmap.Rig()
+        rig.add_ref_sensor(sensor)
+        rig_id = db.write_rig(rig)
+    else:
+        rig_id = rig.rig_id
+    frame = pycolmap.Frame()
+    frame.rig_id = rig_id
+    frame.add_data_id(pycolmap.data_t(sensor, image_id))
+    db.write_frame(frame)
+
+
+def _read_reference_model(model_dir: Path) -> pycolmap.Reconstruction:
+    if not model_dir.is_dir():
+        raise InputNotFound(f"{model_dir}: reference model folder not found")
+    try:
+        rec = pycolmap.Reconstruction(model_dir)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise BadFile(f"{model_dir}: not a readable COLMAP model ({reason})") from None
+    if rec.num_images() == 0:
+        raise BadFile(f"{model_dir}: the reference model has no images")
+    return rec
+
+
+def _mirror_reference_model(result: ImportResult, ff: FeatureFile, db: pycolmap.Database,
+                            rec: pycolmap.Reconstruction, model_dir: Path) -> dict[str, int]:
+    """Write the model's cameras, rigs, frames and images with their ids (checked first)."""
+    ids: dict[str, int] = {}
+    fresh = db.num_images() == 0
+    for im in rec.images.values():
+        if not fresh:  # a second import: the ids must already agree
+            have = db.read_image_with_name(im.name)
+            if have is None or have.image_id != im.image_id:
+                raise IncompatibleFeatures(
+                    f"{result.database} was not built from the reference model {model_dir} "
+                    f"(image {im.name}); use a new database or --overwrite")
+        if im.name not in ff:
+            result.failed[im.name] = (
+                f"{im.name}: in the reference model but not in features file {ff.path}")
+            continue
+        cam = rec.cameras[im.camera_id]
+        w, h = (int(v) for v in ff[im.name].image_size[:2])
+        if w > 0 and (w, h) != (cam.width, cam.height):
+            raise IncompatibleFeatures(
+                f"{im.name}: features are for a {w}x{h} image, the reference model's camera "
+                f"is {cam.width}x{cam.height}")
+        ids[im.name] = im.image_id
+    if fresh:
+        for cam in rec.cameras.values():
+            db.write_camera(cam, use_camera_id=True)
+        for rig in rec.rigs.values():
+            db.write_rig(rig, use_rig_id=True)
+        for frame in rec.frames.values():
+            db.write_frame(frame, use_frame_id=True)
+        for im in rec.images.values():  # without points2D: keypoints come from the features
+            db.write_image(pycolmap.Image(name=im.name, camera_id=im.camera_id,
+                                          image_id=im.image_id), use_image_id=True)
+        result.new_images = sorted(im.name for im in rec.images.values())
+        result.new_cameras = rec.num_cameras()
+    result.outside_model = sum(n not in ids for n in ff.names)
+    result.images = len(ids)
+    return ids
+
+
+# ----------------------------------------------------------------------------- import
+def colmap_import(
+    database: str | os.PathLike,
+    features: str | os.PathLike = "feats.h5",
+    matches: str | os.PathLike | None = "matches.h5",
+    *,
+    pairs: str | os.PathLike | None = None,
+    image_dir: str | os.PathLike | None = None,
+    camera_mode: str = "auto",
+    camera_model: str = "SIMPLE_RADIAL",
+    camera_params: Sequence[float] | None = None,
+    verify: bool = True,
+    reference_model: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    verbose: bool = False,
+    progress: ProgressFn | None = None,
+) -> ImportResult:
+    """Write features and matches into a COLMAP database (created if missing).
+
+    ``pairs`` restricts the import to the listed pairs (default: every pair of the
+    matches file); ``matches=None`` imports images and keypoints only.
+    ``image_dir`` (default: the image root recorded in the features file) is read for
+    EXIF only: image files are optional. ``reference_model`` mirrors an existing COLMAP
+    model with its ids and imports only its images, for ``reconstruct(...,
+    reference_model=...)``. ``overwrite`` starts from an empty database.
+
+    Names that are not in the features file, and listed pairs missing from the matches
+    file, are reported in ``result.failed``; the rest is imported.
+    """
+    t0 = time.perf_counter()
+    if camera_mode not in CAMERA_MODES:
+        raise UsageError(f"unknown camera mode {camera_mode!r} (one of {', '.join(CAMERA_MODES)})")
+    camera_model = check_camera_model(camera_model, camera_params)
+    database = Path(database)
+    features = Path(features)
+    if not features.is_file():
+        raise InputNotFound(f"{features}: features file not found")
+    if matches is not None and not Path(matches).is_file():
+        raise InputNotFound(f"{matches}: matches file not found")
+    if pairs is not None and matches is None:
+        raise UsageError("a pairs list needs a matches file")
+    if overwrite:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            p = Path(str(database) + suffix)
+            if p.is_file():
+                p.unlink()
+    result = ImportResult(database=database, features=features,
+                          matches=Path(matches) if matches is not None else None)
+
+    with FeatureFile(features) as ff, quiet_colmap(verbose):
+        root = image_dir if image_dir is not None else ff.attrs.get("image_root")
+        if image_dir is not None and not Path(image_dir).is_dir():
+            raise InputNotFound(f"{image_dir}: image folder not found")
+        result.image_dir = Path(root) if root and Path(root).is_dir() else None
+
+        mf = MatchFile(matches) if matches is not None else None
+        try:
+            to_verify = _write_database(result, ff, mf, pairs, camera_mode, camera_model,
+                                        camera_params, verify, reference_model, progress)
+        finally:
+            if mf is not None:
+                mf.close()
+        if to_verify:
+            _verify(result, to_verify, progress)
+    result.stats = database_stats(database)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
+                    pairs_path: str | os.PathLike | None, camera_mode: str, camera_model: str,
+                    camera_params: Sequence[float] | None, verify: bool,
+                    reference_model: str | os.PathLike | None,
+                    progress: ProgressFn | None) -> list[tuple[str, str]]:
+    """Everything but the verification, in one transaction; returns the pairs to verify."""
+    names = sorted(ff.names)
+    if mf is not None:
+        _check_match_provenance(ff, mf)
+        if pairs_path is not None:
+            wanted = _read_pairs_raw(pairs_path)
+        else:
+            wanted, unknown_keys = _pairs_from_match_file(mf, names)
+            for k in unknown_keys:
+                result.failed[k] = f"{k}: in {mf.path} but not in features file {ff.path}"
+    else:
+        wanted = []
+    pair_list = normalize_pairs(wanted)
+    result.dropped_pairs = len(wanted) - len(pair_list)
+
+    rec = _read_reference_model(Path(reference_model)) if reference_model is not None else None
+    with open_database(result.database) as db, pycolmap.DatabaseTransaction(db):
+        if rec is not None:
+            ids = _mirror_reference_model(result, ff, db, rec, Path(reference_model))
+        else:
+            ids = _write_images(result, ff, db, names, camera_mode, camera_model, camera_params,
+                                progress)
+        # keypoints (+0.5: COLMAP puts the top-left pixel centre at (0.5, 0.5))
+        num_kp: dict[str, int] = {}
+        for i, n in enumerate(sorted(ids)):
+            kp = _colmap_keypoints(ff, n)
+            num_kp[n] = len(kp)
+            if not db.exists_keypoints(ids[n]):
+                db.write_keypoints(ids[n], kp)
+                result.keypoints_written += 1
+            if progress:
+                progress("keypoints", i + 1, len(ids))
+
+        to_verify: list[tuple[str, str]] = []
+        if mf is None:
+            return to_verify
+        for i, (a, b) in enumerate(pair_list):
+            if progress:
+                progress("matches", i + 1, len(pair_list))
+            bad = [x for x in (a, b) if x not in ff]
+            if bad:
+                for x in bad:
+                    result.failed[x] = f"{x}: in the pairs but not in features file {ff.path}"
+                continue
+            if a not in ids or b not in ids:  # a reference model without this image
+                result.outside_model_pairs += 1
+                continue
+            if (a, b) not in mf:
+                result.failed[f"{a} {b}"] = f"pair {a} {b}: not in matches file {mf.path}"
+                continue
+            m, _ = mf.get(a, b)
+            if len(m) and (m[:, 0].max() >= num_kp[a] or m[:, 1].max() >= num_kp[b]):
+                raise IncompatibleFeatures(
+                    f"pair {a} {b} in {mf.path} indexes keypoints that {ff.path} does not "
+                    "have: the matches were made from other features")
+            m = m.astype(np.uint32)
+            result.pairs += 1
+            ia, ib = ids[a], ids[b]
+            if db.exists_matches(ia, ib):
+                if _same_matches(db.read_matches(ia, ib), m):
+                    if not db.exists_two_view_geometry(ia, ib):
+                        to_verify.append((a, b))
+                    continue
+                db.delete_matches(ia, ib)  # other matches: replace, and verify them again
+                if db.exists_two_view_geometry(ia, ib):
+                    db.delete_two_view_geometry(ia, ib)
+                result.replaced_pairs += 1
+            else:
+                result.new_pairs += 1
+            db.write_matches(ia, ib, m)
+            to_verify.append((a, b))
+
+        if not verify:  # raw matches as inlier geometry, with a defined config
+            for a, b in to_verify:
+                ia, ib = ids[a], ids[b]
+                if db.exists_two_view_geometry(ia, ib):
+                    continue
+                m = db.read_matches(ia, ib)
+                calibrated = all(db.read_camera(db.read_image(i).camera_id).has_prior_focal_length
+                                 for i in (ia, ib))
+                config = CONFIG.CALIBRATED if calibrated else CONFIG.UNCALIBRATED
+                db.write_two_view_geometry(ia, ib, pycolmap.TwoViewGeometry(
+                    config=config, inlier_matches=m))
+                result.verified_now += 1
+                result.inlier_pairs_now += int(len(m) > 0)
+            to_verify = []
+    return to_verify
+
+
+def _read_pairs_raw(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """The pairs as listed (self pairs and duplicates kept, so they can be counted)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFound(f"{p}: pairs file not found")
+    out = []
+    for lineno, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise BadFile(f"{p}:{lineno}: expected 'name0 name1', got {line!r}")
+        out.append((parts[0], parts[1]))
+    return out
+
+
+def _colmap_keypoints(ff: FeatureFile, name: str) -> np.ndarray:
+    return np.ascontiguousarray(ff.keypoints(name)[:, :2], dtype=np.float32) + np.float32(0.5)
+
+
+def _write_images(result: ImportResult, ff: FeatureFile, db: pycolmap.Database, names: list[str],
+                  camera_mode: str, camera_model: str, camera_params: Sequence[float] | None,
+                  progress: ProgressFn | None) -> dict[str, int]:
+    """Image name -> id, writing the new images (and their cameras, rigs, frames)."""
+    ids: dict[str, int] = {}
+    existing: dict[str, pycolmap.Image] = {}
+    for n in names:  # refuse before writing anything: other keypoints for a known image
+        have = db.read_image_with_name(n)
+        if have is None:
+            continue
+        existing[n] = have
+        if db.exists_keypoints(have.image_id):
+            kp = db.read_keypoints(have.image_id)[:, :2]
+            new = _colmap_keypoints(ff, n)
+            if kp.shape != new.shape or not np.allclose(kp, new, atol=1e-3):
+                raise IncompatibleFeatures(
+                    f"{result.database}: image {n} already has other keypoints than "
+                    f"{ff.path}; import into a new database or pass --overwrite")
+    infos: dict[str, ImageInfo] = {}
+    for n in names:
+        info, found = _image_info(ff, n, result.image_dir)
+        infos[n] = info
+        if result.image_dir is not None and not found:
+            result.no_image_file.append(n)
+    if camera_mode == "single":
+        sizes = sorted({(i.width, i.height) for i in infos.values()})
+        if len(sizes) > 1:
+            raise UsageError(
+                f"--camera-mode single needs images of one size, found {len(sizes)} sizes "
+                f"({', '.join(f'{w}x{h}' for w, h in sizes[:4])}); use auto or per-folder")
+    # images already in the database keep their camera, which new images of the same key share
+    cameras: dict[tuple[Any, ...], int] = {}
+    for n, have in existing.items():
+        ids[n] = have.image_id
+        cameras.setdefault(camera_key(infos[n], camera_mode), have.camera_id)
+    with_frames = db.num_images() == 0 or db.num_frames() >= db.num_images()
+    todo = [n for n in names if n not in existing]
+    for i, n in enumerate(todo):
+        key = camera_key(infos[n], camera_mode)
+        if key not in cameras:
+            cameras[key] = db.write_camera(make_camera(infos[n], camera_model, camera_params))
+            result.new_cameras += 1
+        ids[n] = db.write_image(pycolmap.Image(name=n, camera_id=cameras[key]))
+        if with_frames:
+            _add_frame(db, cameras[key], ids[n])
+        result.new_images.append(n)
+        if progress:
+            progress("images", i + 1, len(todo))
+    result.images = len(ids)
+    return ids
+
+
+def _verify(result: ImportResult, pairs: list[tuple[str, str]],
+            progress: ProgressFn | None) -> None:
+    """pycolmap verification of the given pairs, in batches (progress, Ctrl-C between them)."""
+    db_path = result.database
+    tmp = db_path.with_name(f".{db_path.name}.verify-{os.getpid()}.txt")
+    options = pycolmap.TwoViewGeometryOptions(**VERIFY_OPTIONS)
+    if progress:
+        progress("verify", 0, len(pairs))
+    try:
+        for start in range(0, len(pairs), VERIFY_BATCH):
+            batch = pairs[start:start + VERIFY_BATCH]
+            write_pairs(tmp, batch)
+            pycolmap.verify_matches(db_path, tmp, options=options)
+            if progress:
+                progress("verify", start + len(batch), len(pairs))
+    finally:
+        tmp.unlink(missing_ok=True)
+    with open_database(db_path) as db:
+        for a, b in pairs:
+            ia = db.read_image_with_name(a).image_id
+            ib = db.read_image_with_name(b).image_id
+            if db.exists_two_view_geometry(ia, ib):
+                result.verified_now += 1
+                g = db.read_two_view_geometry(ia, ib)
+                result.inlier_pairs_now += int(int(g.config) not in UNUSABLE_CONFIGS
+                                               and len(g.inlier_matches) > 0)
