@@ -955,5 +955,268 @@ def train_cmd(data, out, init, train_layers, lr, epochs, steps_per_epoch, batch_
     return 0
 
 
+# --------------------------------------------------------------------------- colmap
+def _parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    from .errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(s) for s in text.replace(",", " ").split())
+    except ValueError:  # D2Error, not click's: raised inside the command body
+        raise UsageError(f"{option}: expected numbers like '1200,512,384,0', got {text!r}") \
+            from None
+
+
+def _parse_pycolmap_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """``a.b=1`` items -> nested dict; values are JSON (numbers, true/false) or strings."""
+    from .errors import UsageError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option: expected KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    return out
+
+
+@contextmanager
+def _stage_progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
+    """One bar per stage of a multi-step job: (stage, done, total)."""
+    with progress_bar("", "", quiet) as p:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = p.add_task(stage, total=total, rate="")
+            p.update(tasks[stage], completed=done, **({"total": total} if total else {}))
+
+        yield update
+
+
+def _fmt_px(v: float) -> str:
+    return f"{v:.3f} px"
+
+
+@main.command("colmap-import")
+@click.argument("database", type=click.Path(path_type=str))
+@click.option("--features", "-f", default="feats.h5", show_default=True, help="Features file.")
+@click.option("--matches", "-m", default="matches.h5", show_default=True, help="Matches file.")
+@click.option("--pairs", "pairs_file", type=click.Path(),
+              help="Import only these pairs [default: every pair of the matches file].")
+@click.option("--image-dir", type=click.Path(),
+              help="Images, read for EXIF only [default: the root recorded in the features].")
+@click.option("--camera-mode", type=click.Choice(["auto", "single", "per-folder", "per-image"]),
+              default="auto", show_default=True,
+              help="auto: one camera per image size and EXIF camera.")
+@click.option("--camera-model", default="SIMPLE_RADIAL", show_default=True,
+              help="COLMAP camera model (SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, OPENCV...).")
+@click.option("--camera-params", help="Known intrinsics in the model's order, e.g. '1200,512,384,0'.")
+@click.option("--no-verify", is_flag=True,
+              help="Store the raw matches as verified geometry (no RANSAC).")
+@click.option("--reference-model", type=click.Path(),
+              help="COLMAP model to mirror (same ids), for d2 reconstruct --reference-model.")
+@click.option("--overwrite", is_flag=True, help="Start from an empty database.")
+@click.option("--verbose", "-v", is_flag=True, help="Show pycolmap's log.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@command
+def colmap_import_cmd(database, features, matches, pairs_file, image_dir, camera_mode,
+                      camera_model, camera_params, no_verify, reference_model, overwrite, verbose,
+                      quiet, as_json) -> int:
+    """Write features and matches into the COLMAP DATABASE (created if missing).
+
+    Keypoints get COLMAP's +0.5 pixel convention; matches are verified with pycolmap
+    unless --no-verify. Importing again adds only what is new.
+    """
+    from .colmap import colmap_import
+
+    params = _parse_floats(camera_params, "--camera-params")
+    with _stage_progress(quiet or as_json) as update:
+        result = colmap_import(
+            database, features, matches, pairs=pairs_file, image_dir=image_dir,
+            camera_mode=camera_mode, camera_model=camera_model, camera_params=params,
+            verify=not no_verify, reference_model=reference_model, overwrite=overwrite,
+            verbose=verbose, progress=update)
+    s = result.summary()
+    if as_json:
+        print_json(s)
+    else:
+        db = s["database_stats"]
+        rows = [
+            ("images", f"{s['images']} ({s['new_images']} new)"),
+            ("cameras", f"{db['cameras']} ({s['new_cameras']} new)"),
+            ("keypoints", f"{db['keypoints']} ({s['keypoints_written']} images written now)"),
+            ("pairs imported", f"{s['pairs']} ({s['new_pairs']} new, {s['replaced_pairs']} "
+                               f"replaced, {s['dropped_pairs']} self/duplicate dropped)"),
+            ("verified now" if not no_verify else "stored unverified",
+             f"{s['verified_now']} ({s['inlier_pairs_now']} usable)"),
+            ("database", f"{db['matched_pairs']} matched pairs, {db['verified_pairs']} "
+                         f"verified, {db['inlier_matches']} inlier matches"),
+            ("time", f"{s['seconds']:.1f} s"),
+        ]
+        if reference_model:
+            rows.insert(1, ("outside the model", f"{s['outside_model']} images, "
+                                                 f"{s['outside_model_pairs']} pairs ignored"))
+        if s["no_image_file"]:
+            rows.append(("no image file", f"{s['no_image_file']} (camera from the features' "
+                                          "image size, no EXIF)"))
+        summary_table(f"d2 colmap-import -> {database}", rows)
+        report_failures(result.failed, "names or pairs")
+    return EXIT_PARTIAL if result.failed else 0
+
+
+def _reconstruct_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows = [
+        ("images registered", f"{s['registered']} / {s['images']}"
+                              + (f" ({s['connected_images']} with verified pairs)"
+                                 if s["connected_images"] != s["images"] else "")),
+        ("3D points", s["points3D"]),
+        ("mean track length", f"{s['mean_track_length']:.2f}"),
+        ("mean reprojection error", _fmt_px(s["mean_reprojection_error"])),
+        ("intrinsics", s.get("intrinsics", "")),
+    ]
+    if s["num_models"] > 1:
+        rows.append(("other models", ", ".join(
+            f"{m['registered']} images in {m['path']}" for m in s["models"][1:])))
+    return rows
+
+
+def _report_unregistered(names: list[str]) -> None:
+    if names:
+        shown = ", ".join(names[:10]) + (f" (and {len(names) - 10} more)" if len(names) > 10 else "")
+        err_console.print(f"[yellow]{len(names)} images not in the model:[/] {shown}",
+                          highlight=False, soft_wrap=True)
+
+
+@main.command("reconstruct")
+@click.argument("database", type=click.Path(path_type=str))
+@click.option("--out", "-o", default="sparse", show_default=True,
+              help="Model folder: the largest model here, others in OUT/models/<k>/.")
+@click.option("--image-dir", type=click.Path(), help="Images, to colour the points (optional).")
+@click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental",
+              show_default=True)
+@click.option("--reference-model", type=click.Path(),
+              help="Keep this model's poses and only triangulate points (database made by "
+                   "colmap-import --reference-model).")
+@click.option("--threads", type=int, help="CPU threads [default: the cores available].")
+@click.option("--seed", default=0, show_default=True, help="Random seed (repeatable runs).")
+@click.option("--min-num-matches", default=15, show_default=True,
+              help="Inlier matches for a pair to count.")
+@click.option("--intrinsics", type=click.Choice(["auto", "refine", "fixed"]), default="auto",
+              show_default=True, help="Refine focal lengths and distortion, keep them as "
+              "imported, or auto: refine when most images share a camera.")
+@click.option("--option", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Any pycolmap pipeline option, e.g. mapper.init_min_num_inliers=50.")
+@click.option("--verbose", "-v", is_flag=True, help="Show pycolmap's log.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@command
+def reconstruct_cmd(database, out, image_dir, mapper, reference_model, threads, seed,
+                    min_num_matches, intrinsics, extra, verbose, quiet, as_json) -> int:
+    """Reconstruct a sparse COLMAP model from DATABASE (pycolmap mapping)."""
+    from .reconstruct import reconstruct
+
+    options = _parse_pycolmap_options(extra)
+    with progress_bar("", "img", quiet or as_json) as p:
+        tasks: list[int] = []  # added at the first event: nothing is drawn before the checks
+
+        def on_progress(event: str, registered: int, total: int) -> None:
+            label = {"init": "mapping (new model)", "global": "global mapping",
+                     "triangulate": "triangulating"}.get(event)
+            if not tasks:
+                tasks.append(p.add_task(label or "mapping", total=total, rate=""))
+            p.update(tasks[0], completed=registered, total=total,
+                     **({"description": label} if label else {}))
+
+        result = reconstruct(
+            database, out, image_dir=image_dir, mapper=mapper, reference_model=reference_model,
+            num_threads=threads, seed=seed, min_num_matches=min_num_matches,
+            intrinsics=intrinsics, options=options, verbose=verbose, progress=on_progress)
+    s = result.summary()
+    if as_json:
+        print_json(s)
+    else:
+        summary_table(f"d2 reconstruct ({s['mapper']}) -> {out}",
+                      _reconstruct_rows(s) + [("time", f"{s['seconds']:.1f} s")])
+        _report_unregistered(result.unregistered)
+    return 0
+
+
+@main.command("sfm")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", "-o", default="sfm", show_default=True,
+              help="Work folder: feats.h5, pairs.txt, matches.h5, database.db, sparse/.")
+@click.option("--model", default=None, help="Model name or .pth path [default: built-in].")
+@click.option("--max-edge", default=1600, show_default=True, help="Extraction resize limit.")
+@click.option("--multiscale", is_flag=True, help="Scales 0.5, 1, 2 (the paper's D2-Net MS).")
+@click.option("--max-keypoints", type=int, help="Keep the K highest scores per image.")
+@click.option("--ratio", type=float, help="Lowe ratio test in matching, e.g. 0.95.")
+@click.option("--camera-mode", type=click.Choice(["auto", "single", "per-folder", "per-image"]),
+              default="auto", show_default=True)
+@click.option("--camera-model", default="SIMPLE_RADIAL", show_default=True)
+@click.option("--camera-params", help="Known intrinsics in the model's order.")
+@click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental",
+              show_default=True)
+@click.option("--intrinsics", type=click.Choice(["auto", "refine", "fixed"]), default="auto",
+              show_default=True, help="See d2 reconstruct --help.")
+@click.option("--threads", type=int, help="CPU threads for mapping [default: the cores available].")
+@click.option("--seed", default=0, show_default=True, help="Random seed of the mapper.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--verbose", "-v", is_flag=True, help="Show pycolmap's log.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@command
+def sfm_cmd(images, out, model, max_edge, multiscale, max_keypoints, ratio, camera_mode,
+            camera_model, camera_params, mapper, intrinsics, threads, seed, device, verbose,
+            quiet, as_json) -> int:
+    """Images -> COLMAP model: extract, pairs (exhaustive), match, colmap-import, reconstruct.
+
+    Every step's output stays in --out and every step resumes: re-running after an
+    interruption or with more images redoes only what is missing.
+    """
+    from .extract import MULTI_SCALE, SINGLE_SCALE, ExtractSettings
+    from .match import MatchSettings
+    from .sfm import sfm
+
+    settings = ExtractSettings(scales=MULTI_SCALE if multiscale else SINGLE_SCALE,
+                               max_edge=max_edge, max_keypoints=max_keypoints)
+    quiet = quiet or as_json
+    with _stage_progress(quiet) as update:
+        def on_step(step: str, status: str) -> None:
+            if status != "start" and not quiet:
+                err_console.print(f"[bold]{step}[/]: {status}", highlight=False)
+
+        result = sfm(images, out, model=model, extract_settings=settings,
+                     match_settings=MatchSettings(ratio=ratio),
+                     camera_mode=camera_mode, camera_model=camera_model,
+                     camera_params=_parse_floats(camera_params, "--camera-params"),
+                     mapper=mapper, intrinsics=intrinsics, num_threads=threads, seed=seed,
+                     device=device,
+                     verbose=verbose, on_step=on_step, progress=update)
+    s = result.summary()
+    if as_json:
+        print_json(s)
+    else:
+        rec = result.model
+        summary_table(f"d2 sfm -> {out}", _reconstruct_rows(rec) + [
+            ("model", f"{out}/sparse"),
+            ("steps skipped (already done)", ", ".join(result.skipped) or "none"),
+            ("time", f"{s['seconds']:.1f} s"),
+        ])
+        _report_unregistered(rec.get("unregistered", []))
+        report_failures(result.failed, "images or pairs")
+    return EXIT_PARTIAL if result.failed else 0
+
+
 if __name__ == "__main__":
     main()

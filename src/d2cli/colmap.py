@@ -46,8 +46,9 @@ CAMERA_MODELS = tuple(m for m in pycolmap.CameraModelId.__members__ if m != "INV
 DEFAULT_FOCAL_FACTOR = 1.2  # COLMAP's guess without EXIF: f = 1.2 * max(W, H)
 VERIFY_BATCH = 64  # pairs per verify_matches call: progress and Ctrl-C between batches
 # hloc's verification settings: more trials and a lower inlier ratio than COLMAP's
-# defaults, which suit learned features with many outliers.
-VERIFY_OPTIONS = {"ransac": {"max_num_trials": 20000, "min_inlier_ratio": 0.1}}
+# defaults, which suit learned features with many outliers; a fixed seed makes the same
+# import give the same database (COLMAP's default seed is random).
+VERIFY_OPTIONS = {"ransac": {"max_num_trials": 20000, "min_inlier_ratio": 0.1, "random_seed": 0}}
 CONFIG = pycolmap.TwoViewGeometryConfiguration
 UNUSABLE_CONFIGS = (int(CONFIG.UNDEFINED), int(CONFIG.DEGENERATE))
 

@@ -1,0 +1,208 @@
+"""The whole pipeline (``d2 sfm images/ --out work/``): extract -> pairs -> match ->
+colmap-import -> reconstruct, every output kept in ``work/``::
+
+    work/feats.h5      D2-Net features             (d2 extract: resumes image by image)
+    work/pairs.txt     exhaustive pairs            (rewritten only when the images change)
+    work/matches.h5    mutual nearest neighbours   (d2 match: resumes pair by pair)
+    work/database.db   COLMAP database, verified   (d2 colmap-import: adds only what is new)
+    work/sparse/       COLMAP model(s)             (d2 reconstruct; layout in reconstruct.py)
+    work/sfm.json      what the model was made from: the step is skipped when nothing changed
+
+Re-running after an interruption, or after adding images, redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .colmap import colmap_import, database_stats
+from .errors import IncompatibleFeatures, OutputError, UsageError
+from .extract import ExtractSettings, extract
+from .io.features import FeatureFile
+from .io.pairs import read_pairs
+from .match import MatchSettings, match
+from .pairs import pairs_exhaustive, save_pairs
+from .reconstruct import MODEL_FILES, reconstruct
+
+STEPS = ("extract", "pairs", "match", "import", "reconstruct")
+
+StepFn = Callable[[str, str], None]  # (step, one-line status) when a step starts or ends
+ProgressFn = Callable[[str, int, int | None], None]  # (step, done, total)
+
+
+@dataclass
+class SfmResult:
+    work: Path
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> its summary
+    skipped: list[str] = field(default_factory=list)  # steps that found nothing to do
+    failed: dict[str, str] = field(default_factory=dict)  # images / pairs that failed
+    seconds: float = 0.0
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.steps.get("reconstruct", {})
+
+    def summary(self) -> dict[str, Any]:
+        return {"work": str(self.work), "steps": self.steps, "skipped": self.skipped,
+                "failed": self.failed, "seconds": round(self.seconds, 3)}
+
+
+def _stamp(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_stamp(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def sfm(
+    images: Sequence[str | os.PathLike] | str | os.PathLike,
+    work: str | os.PathLike = "sfm",
+    *,
+    model: str | os.PathLike | None = None,
+    extract_settings: ExtractSettings | None = None,
+    match_settings: MatchSettings | None = None,
+    camera_mode: str = "auto",
+    camera_model: str = "SIMPLE_RADIAL",
+    camera_params: Sequence[float] | None = None,
+    mapper: str = "incremental",
+    num_threads: int | None = None,
+    seed: int = 0,
+    intrinsics: str = "auto",
+    device: str = "auto",
+    verbose: bool = False,
+    on_step: StepFn | None = None,
+    progress: ProgressFn | None = None,
+) -> SfmResult:
+    """Images -> COLMAP model in ``work/`` (layout: module doc); every step resumes.
+
+    Failed images and pairs are listed in ``result.failed`` and do not stop the run;
+    a KeyboardInterrupt leaves every finished step (and the finished part of the
+    current one) in ``work/`` for the next run.
+    """
+    t0 = time.perf_counter()
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    work = Path(work)
+    if work.exists() and not work.is_dir():
+        raise OutputError(f"{work}: exists and is not a folder")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{work}: cannot create ({e.strerror})") from None
+    feats, pairs_path, matches = work / "feats.h5", work / "pairs.txt", work / "matches.h5"
+    database, sparse, stamp_path = work / "database.db", work / "sparse", work / "sfm.json"
+    result = SfmResult(work=work)
+
+    def step(name: str, status: str) -> None:
+        if on_step:
+            on_step(name, status)
+
+    def counter(name: str) -> tuple[Callable[..., None], Callable[[int, int], None]]:
+        done = [0]
+
+        def tick(*_: Any) -> None:
+            done[0] += 1
+            if progress:
+                progress(name, done[0], None)
+
+        def start(total: int, todo: int) -> None:
+            if progress:
+                progress(name, 0, todo)
+
+        return tick, start
+
+    # 1. features
+    step("extract", "start")
+    tick, start = counter("extract")
+    ex = extract(images, feats, model=model, settings=extract_settings, device=device,
+                 progress=tick, on_start=start)
+    result.steps["extract"] = ex.summary()
+    result.failed.update(ex.failed)
+    if ex.interrupted:
+        raise KeyboardInterrupt
+    if not ex.extracted:
+        result.skipped.append("extract")
+    step("extract", f"{ex.total - len(ex.failed)} images, {len(ex.extracted)} extracted now")
+
+    # 2. pairs: every pair of the images that have features
+    step("pairs", "start")
+    with FeatureFile(feats) as ff:
+        names = sorted(ff.names)
+        image_root = ff.attrs.get("image_root")
+    pair_list = pairs_exhaustive(names)
+    if len(names) < 2:
+        raise UsageError(f"{len(names)} image(s) with features: a reconstruction needs at least 2")
+    if pairs_path.is_file() and read_pairs(pairs_path) == pair_list:
+        result.skipped.append("pairs")
+    else:
+        save_pairs(pair_list, pairs_path, method="exhaustive")
+    result.steps["pairs"] = {"out": str(pairs_path), "pairs": len(pair_list),
+                             "images": len(names)}
+    step("pairs", f"{len(pair_list)} pairs of {len(names)} images")
+
+    # 3. matches
+    step("match", "start")
+    tick, start = counter("match")
+    try:
+        mt = match(pairs_path, feats, matches, settings=match_settings, device=device,
+                   progress=tick, on_start=start)
+    except IncompatibleFeatures as e:
+        raise IncompatibleFeatures(f"{e}; or delete {matches} to rematch") from None
+    result.steps["match"] = mt.summary()
+    result.failed.update(mt.failed)
+    if mt.interrupted:
+        raise KeyboardInterrupt
+    if not mt.matched:
+        result.skipped.append("match")
+    step("match", f"{len(mt.matched)} pairs matched now, {len(mt.skipped)} already done")
+
+    # 4. database
+    step("import", "start")
+    im = colmap_import(database, feats, matches, pairs=pairs_path, camera_mode=camera_mode,
+                       camera_model=camera_model, camera_params=camera_params, verbose=verbose,
+                       progress=(lambda s, d, t: progress(f"import:{s}", d, t)) if progress
+                       else None)
+    result.steps["import"] = im.summary()
+    result.failed.update(im.failed)
+    if not im.changed:
+        result.skipped.append("import")
+    step("import", f"{im.stats.get('verified_pairs', 0)} verified pairs, "
+                   f"{im.verified_now} verified now")
+
+    # 5. model: skipped when made from this very database with these settings
+    step("reconstruct", "start")
+    settings = {"mapper": mapper, "seed": seed, "intrinsics": intrinsics}
+    made_from = {"database": database_stats(database), "settings": settings}
+    old = _stamp(stamp_path)
+    have_model = all((sparse / f).is_file() for f in MODEL_FILES)
+    if have_model and old is not None and old.get("made_from") == made_from:
+        result.steps["reconstruct"] = old["summary"]
+        result.skipped.append("reconstruct")
+    else:
+        stamp_path.unlink(missing_ok=True)  # the old model no longer matches the database
+        rc = reconstruct(
+            database, sparse, image_dir=image_root if image_root and Path(image_root).is_dir()
+            else None, mapper=mapper, num_threads=num_threads, seed=seed,
+            intrinsics=intrinsics, verbose=verbose,
+            progress=(lambda e, r, t: progress("reconstruct", r, t)) if progress else None)
+        result.steps["reconstruct"] = rc.summary()
+        _write_stamp(stamp_path, {"made_from": made_from, "summary": rc.summary()})
+    s = result.steps["reconstruct"]
+    step("reconstruct", f"{s['registered']}/{s['images']} images registered")
+    result.seconds = time.perf_counter() - t0
+    return result
