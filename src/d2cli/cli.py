@@ -714,14 +714,16 @@ def eval_hpatches_cmd(root, all_sequences, plot, models, fetch, multiscale, both
               help="Strecha: pair images at most this far apart in name order [default: all].")
 @click.option("--max-error", default=2.0, show_default=True,
               help="RANSAC threshold of the essential matrix, in pixels.")
+@click.option("--ransac-trials", default=10000, show_default=True,
+              help="Most RANSAC iterations per pair.")
 @click.option("--plot", default="pose-auc.png", show_default=True,
               help="PNG of the pose-error curves.")
 @_eval_options
 @command
-def eval_pose_cmd(root, pairs_file, max_gap, max_error, plot, models, fetch, multiscale,
-                  both_scales, scales, max_edge, max_sum_edges, preprocessing, no_relu,
-                  max_keypoints, baseline, sift_max_features, work_dir, device, no_plot, quiet,
-                  as_json) -> int:
+def eval_pose_cmd(root, pairs_file, max_gap, max_error, ransac_trials, plot, models, fetch,
+                  multiscale, both_scales, scales, max_edge, max_sum_edges, preprocessing,
+                  no_relu, max_keypoints, baseline, sift_max_features, work_dir, device,
+                  no_plot, quiet, as_json) -> int:
     """Relative-pose AUC at 5/10/20 degrees on image pairs with known cameras under ROOT.
 
     Matches every pair, estimates the essential matrix with RANSAC (pycolmap) and
@@ -736,15 +738,16 @@ def eval_pose_cmd(root, pairs_file, max_gap, max_error, plot, models, fetch, mul
                             sift_max_features, quiet)
     with _stage_bars(quiet) as on_progress:
         res = evaluate_pose(root, methods, pairs_file=pairs_file, max_gap=max_gap,
-                            max_error=max_error, work_dir=work_dir, device=device,
-                            progress=on_progress)
+                            max_error=max_error, max_trials=ransac_trials,
+                            work_dir=work_dir, device=device, progress=on_progress)
     s = res.summary()
     s["plot"] = None if no_plot else str(plot_pose(res, plot))
     if as_json:
         print_json(s)
     else:
         table = Table(title=f"d2 eval pose {res.root}: {s['evaluated_pairs']} pairs, "
-                            f"RANSAC {res.max_error:g} px", title_justify="left")
+                            f"RANSAC {res.max_error:g} px, <= {res.max_trials} trials",
+                      title_justify="left")
         for col in ("method", "AUC@5", "@10", "@20", "match/pair", "inliers/pair",
                     "median err", "no pose"):
             table.add_column(col, justify="left" if col == "method" else "right")
