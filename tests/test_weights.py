@@ -40,6 +40,16 @@ def test_bare_and_prefixless_state_dicts_load(tmp_path):
         assert all(torch.equal(loaded[k], state[k]) for k in state)
 
 
+def test_reference_training_checkpoint_with_namespace_loads(tmp_path):
+    """The reference train.py saves {'args': Namespace, 'epoch_idx', 'model', 'optimizer', ...}."""
+    import argparse
+    state = read_state_dict(resolve_model().path)
+    torch.save({"args": argparse.Namespace(lr=1e-3, model_file="d2_ots.pth"), "epoch_idx": 3,
+                "model": state, "train_loss_history": [1.0, 0.5]}, tmp_path / "d2.03.pth")
+    loaded = read_state_dict(tmp_path / "d2.03.pth")
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
 def test_train_and_test_networks_share_checkpoints():
     net8 = D2Net(stride=8)
     net4 = D2Net(stride=4)

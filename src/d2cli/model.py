@@ -14,6 +14,7 @@ layout, keys ``dense_feature_extraction.model.<idx>.{weight,bias}``).
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 from pathlib import Path
@@ -133,7 +134,10 @@ def read_state_dict(path: str | os.PathLike | bytes) -> dict[str, torch.Tensor]:
         raise BadCheckpoint(f"{name}: weights file not found")
     src = io.BytesIO(path) if isinstance(path, bytes) else path
     try:
-        ckpt = torch.load(src, map_location="cpu", weights_only=True)
+        # training checkpoints (reference train.py, ours) also pickle an argparse Namespace:
+        # a plain attribute container, so it is allowed; nothing else is unpickled
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt/unsafe pickle
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else e.__class__.__name__
         raise BadCheckpoint(f"{name}: not a loadable checkpoint ({msg})") from None
