@@ -356,6 +356,34 @@ def pairs_from_poses_cmd(model_dir, num_matched, max_angle, any_angle, out, as_j
     return _pairs_done(save_pairs(pairs, out, "from-poses"), as_json)
 
 
+@pairs_group.command("from-retrieval")
+@click.option("--descriptors", "-d", required=True, type=click.Path(),
+              help="Global descriptors (hloc layout: <name>/global_descriptor), e.g. NetVLAD.")
+@click.option("--num-matched", "-k", default=20, show_default=True,
+              help="Pair each query with its K most similar references.")
+@click.option("--query-prefix", help="Queries: the names starting with this.")
+@click.option("--query-list", type=click.Path(), help="Queries: the names in this file.")
+@click.option("--ref-prefix", help="References: the names starting with this.")
+@click.option("--ref-list", type=click.Path(), help="References: the names in this file.")
+@click.option("--min-score", default=0.0, show_default=True,
+              help="Do not pair below this cosine similarity.")
+@_pairs_common
+@command
+def pairs_from_retrieval_cmd(descriptors, num_matched, query_prefix, query_list, ref_prefix,
+                             ref_list, min_score, out, as_json) -> int:
+    """Top-K retrieval pairs from global descriptors (as hloc's pairs_from_retrieval).
+
+    Without --query-*/--ref-* every image is paired with its K nearest other images.
+    """
+    from .pairs import pairs_from_retrieval, read_global_descriptors, save_pairs, select_names
+
+    names, desc = read_global_descriptors(descriptors)
+    queries = select_names(names, query_prefix, query_list, "query")
+    refs = select_names(names, ref_prefix, ref_list, "ref")
+    pairs = pairs_from_retrieval(names, desc, num_matched, queries, refs, min_score)
+    return _pairs_done(save_pairs(pairs, out, "from-retrieval"), as_json)
+
+
 # --------------------------------------------------------------------------- match
 @main.command("match")
 @click.option("--pairs", "-p", "pairs_file", required=True, type=click.Path(),
@@ -1218,6 +1246,80 @@ def sfm_cmd(images, out, model, max_edge, multiscale, max_keypoints, ratio, came
         ])
         _report_unregistered(rec.get("unregistered", []))
         report_failures(result.failed, "images or pairs")
+    return EXIT_PARTIAL if result.failed else 0
+
+
+# --------------------------------------------------------------------------- localize
+@main.command("localize")
+@click.option("--reference", "reference", type=click.Path(),
+              help="COLMAP model built from --features (d2 sfm, or colmap-import "
+                   "--reference-model + reconstruct --reference-model).")
+@click.option("--inloc-scans", type=click.Path(),
+              help="InLoc instead of a model: folder with <reference name>.mat (XYZcut) files.")
+@click.option("--inloc-alignments", type=click.Path(),
+              help="InLoc database/alignments folder: scans -> building frame (P_after_GICP).")
+@click.option("--queries", required=True, type=click.Path(),
+              help="'name [MODEL W H params...]' per line (Aachen *_queries_with_intrinsics.txt).")
+@click.option("--pairs", "-p", "pairs_file", required=True, type=click.Path(),
+              help="Query-reference pairs (d2 pairs exhaustive --query-prefix, from-retrieval).")
+@click.option("--features", "-f", default="feats.h5", show_default=True, help="Features file.")
+@click.option("--matches", "-m", default="matches.h5", show_default=True, help="Matches file.")
+@click.option("--out", "-o", default="poses.txt", show_default=True,
+              help="Poses: 'name qw qx qy qz tx ty tz' (world-to-camera, Aachen format).")
+@click.option("--log", "log_file", type=click.Path(),
+              help="Per-query log: inliers, or why it failed [default: OUT with suffix .log].")
+@click.option("--max-error", default=12.0, show_default=True,
+              help="RANSAC reprojection threshold in pixels (hloc: 12 Aachen, 48 InLoc).")
+@click.option("--min-inliers", default=12, show_default=True,
+              help="A query with fewer PnP inliers fails.")
+@click.option("--refine-focal", is_flag=True, help="Refine each query's focal length with its pose.")
+@click.option("--image-dir", type=click.Path(),
+              help="Query images, read for EXIF [default: the root recorded in the features].")
+@click.option("--full-names", is_flag=True,
+              help="Write query names as given, not their basenames (the Aachen/InLoc form).")
+@click.option("--overwrite", is_flag=True, help="Do not resume an interrupted run.")
+@click.option("--verbose", "-v", is_flag=True, help="Show pycolmap's log.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@command
+def localize_cmd(reference, inloc_scans, inloc_alignments, queries, pairs_file, features, matches,
+                 out, log_file, max_error, min_inliers, refine_focal, image_dir, full_names,
+                 overwrite, verbose, quiet, as_json) -> int:
+    """Localise query images against a COLMAP model (--reference) or InLoc scans.
+
+    2D-3D correspondences come from the queries' matches to reference keypoints that
+    observe 3D points; the pose from pycolmap's absolute-pose RANSAC and refinement.
+    Failed queries are listed with the reason (exit 1); an interrupted run resumes.
+    """
+    from .localize import localize
+
+    with progress_bar("localize", "query", quiet or as_json) as p:
+        tasks: list[Any] = []  # added at the first query: a set-up error shows no bar
+
+        def on_query(name: str, done: int, total: int) -> None:
+            if not tasks:
+                tasks.append(p.add_task("localize", total=total, rate=""))
+            p.update(tasks[0], completed=done, total=total, rate=_rate(p, tasks[0]))
+
+        result = localize(
+            reference, queries, pairs_file, features, matches, out, max_error=max_error,
+            min_inliers=min_inliers, refine_focal_length=refine_focal, inloc_scans=inloc_scans,
+            inloc_alignments=inloc_alignments, image_dir=image_dir, full_names=full_names,
+            log=log_file, overwrite=overwrite, verbose=verbose, progress=on_query)
+    s = result.summary()
+    if as_json:
+        print_json(s)
+    else:
+        med = s["median_inliers"]
+        summary_table(f"d2 localize -> {out}", [
+            ("localised", f"{s['localized']} / {s['queries']}"
+                          + (f" ({s['resumed']} from an interrupted run)" if s["resumed"] else "")),
+            ("median inliers", "-" if med is None else f"{med:.0f}"),
+            ("reference", f"{s['reference']} ({s['mode']})"),
+            ("log", s["log"]),
+            ("time", f"{s['seconds']:.1f} s"),
+        ])
+        report_failures(result.failed, "queries")
     return EXIT_PARTIAL if result.failed else 0
 
 

@@ -221,6 +221,68 @@ def pairs_from_poses(model_dir: str | os.PathLike, num_matched: int,
     return normalize_pairs(pairs)
 
 
+def read_global_descriptors(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Names and (N, D) float32 descriptors of a global-descriptor file (hloc layout:
+    ``<name>/global_descriptor`` (D,), as written by hloc's NetVLAD / OpenIBL / DIR)."""
+    from .io.h5store import list_entries, open_h5
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFound(f"{p}: global descriptors file not found")
+    with open_h5(p) as h5:
+        names = [n for n in list_entries(h5) if "global_descriptor" in h5[n]]
+        if not names:
+            raise EmptyInput(f"{p}: no <name>/global_descriptor datasets (hloc layout)")
+        try:
+            desc = [np.asarray(h5[n]["global_descriptor"][()], dtype=np.float32).ravel()
+                    for n in names]
+        except (OSError, ValueError) as e:
+            raise BadFile(f"{p}: unreadable global descriptor ({e})") from None
+    dims = {d.size for d in desc}
+    if len(dims) != 1:
+        raise BadFile(f"{p}: global descriptors of different lengths {sorted(dims)}")
+    return names, np.stack(desc)
+
+
+def pairs_from_retrieval(names: Sequence[str], descriptors: np.ndarray, num_matched: int,
+                         queries: Sequence[str] | None = None, refs: Sequence[str] | None = None,
+                         min_score: float = 0.0) -> list[Pair]:
+    """Each query with the ``num_matched`` references of most similar global descriptor.
+
+    Similarity: dot product of the L2-normalised descriptors (as hloc's
+    ``pairs_from_retrieval``); an image is never its own match, references scoring below
+    ``min_score`` are not paired, ties go to the earlier reference. Queries and references
+    default as in :func:`pairs_exhaustive` (neither given: every image is both).
+    """
+    if num_matched < 1:
+        raise UsageError("num-matched must be >= 1")
+    index = {n: i for i, n in enumerate(names)}
+    if queries is None and refs is None:
+        queries = refs = list(names)
+    elif queries is None:
+        r = set(refs or ())
+        queries = [n for n in names if n not in r]
+    elif refs is None:
+        q = set(queries)
+        refs = [n for n in names if n not in q]
+    if not queries or not refs:
+        raise EmptyInput("no query or no reference image to pair")
+    norm = np.linalg.norm(descriptors, axis=1, keepdims=True)
+    unit = np.divide(descriptors, norm, out=np.zeros_like(descriptors), where=norm > 0)
+    qi = np.array([index[n] for n in queries])
+    ri = np.array([index[n] for n in refs])
+    db = unit[ri].T
+    pairs: list[Pair] = []
+    for start in range(0, len(qi), 1024):  # bounded memory: 1024 x references scores at a time
+        block = qi[start:start + 1024]
+        scores = unit[block] @ db
+        scores[block[:, None] == ri[None, :]] = -np.inf  # not with itself
+        scores[scores < min_score] = -np.inf
+        for row, i in enumerate(block):
+            pairs.extend((names[i], refs[int(j)]) for j in _best_k(scores[row], num_matched))
+    return normalize_pairs(pairs)
+
+
 # --------------------------------------------------------------------------- output
 def save_pairs(pairs: Sequence[Pair], out: str | os.PathLike = "pairs.txt",
                method: str = "") -> PairsResult:
