@@ -462,12 +462,12 @@ def _read_partial(path: Path, header: dict[str, Any]
     for line in lines[1:]:
         try:
             d = json.loads(line)
-        except ValueError:  # the line a kill cut short
+            if "error" in d:
+                failed[d["name"]] = str(d["error"])
+            else:
+                done[d["name"]] = QueryResult(**d)
+        except (ValueError, TypeError, KeyError):  # the line a kill cut short: redo that query
             continue
-        if "error" in d:
-            failed[d["name"]] = d["error"]
-        else:
-            done[d["name"]] = QueryResult(**d)
     return done, failed
 
 
