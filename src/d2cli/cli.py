@@ -170,6 +170,9 @@ def sharded(out: str, shard_text: str | None, device: str) -> Iterator[_ShardedR
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--batch-size", default=1, show_default=True,
               help="Images of equal size per network call.")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32",
+              show_default=True, help="Trunk precision (detection stays fp32).")
+@click.option("--memory-cap", type=float, help="GB for one network call; larger batches split.")
 @click.option("--workers", default=2, show_default=True, help="Decoding threads.")
 @click.option("--commit-every", default=16, show_default=True,
               help="Save finished images to disk every N images (and every 30 s).")
@@ -181,7 +184,8 @@ def sharded(out: str, shard_text: str | None, device: str) -> Iterator[_ShardedR
 @command
 def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, max_edge,
                 max_sum_edges, preprocessing, no_relu, max_keypoints, descriptor_dtype, device,
-                batch_size, workers, commit_every, shard, overwrite, quiet, as_json) -> int:
+                batch_size, precision, memory_cap, workers, commit_every, shard, overwrite, quiet,
+                as_json) -> int:
     """Extract D2-Net features of IMAGES (files and/or folders) into an HDF5 file.
 
     Re-running skips images already in the file; a killed run resumes.
@@ -192,7 +196,7 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
     settings = ExtractSettings(
         scales=chosen, max_edge=max_edge, max_sum_edges=max_sum_edges,
         preprocessing=preprocessing, use_relu=not no_relu, max_keypoints=max_keypoints,
-        descriptor_dtype=descriptor_dtype)
+        descriptor_dtype=descriptor_dtype, precision=precision)
     with sharded(out, shard, device) as run, \
             progress_bar("extract", "img", quiet or as_json or run.rank > 0) as p:
         task = p.add_task("extract", total=None, rate="")
@@ -208,7 +212,8 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
         result = extract(
             images, out, model=model, settings=settings, image_list=image_list,
             image_root=image_root, device=run.device, batch_size=batch_size, overwrite=overwrite,
-            workers=workers, commit_every=commit_every, shard=run.shard, progress=on_image,
+            workers=workers, commit_every=commit_every, shard=run.shard,
+            memory_cap_gb=memory_cap, progress=on_image,
             on_start=on_start)
     s = result.summary()
     if as_json:
