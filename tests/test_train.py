@@ -462,3 +462,13 @@ def test_soft_detection_scores_are_differentiable_without_nan():
     s.sum().backward()
     assert torch.isfinite(x.grad).all()
     assert F.relu(x).sum() == 0
+
+
+def test_relu_descriptors_option_trains_on_test_time_descriptors(tmp_path):
+    raw = Trainer(_settings(), tmp_path / "a")
+    relu = Trainer(_settings(relu_descriptors=True), tmp_path / "b")
+    batch = raw.training_pairs(0)
+    with torch.no_grad():
+        a, _ = raw.batch_loss(batch)
+        b, _ = relu.batch_loss(batch)
+    assert torch.isfinite(a) and torch.isfinite(b) and float(a) != float(b)
