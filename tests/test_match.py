@@ -225,6 +225,8 @@ def test_match_job_same_result_for_any_cache_and_reversed_reading(tmp_path):
     r_none = match(pairs, tmp_path / "f.h5", tmp_path / "none.h5", device="cpu", cache_bytes=0,
                    tile=(16, 16))
     assert r_big.descriptor_reads == 5 and r_none.descriptor_reads == 2 * len(pairs)
+    again = match([(b, a) for a, b in pairs], tmp_path / "f.h5", tmp_path / "big.h5")
+    assert len(again.skipped) == len(pairs) and not again.matched  # done in either order
     big, none = read_matches(tmp_path / "big.h5"), read_matches(tmp_path / "none.h5")
     assert sorted(big) == sorted(pair_key(a, b) for a, b in pairs)
     for k in big:
