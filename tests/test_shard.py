@@ -119,3 +119,48 @@ def test_killed_shard_resumes(d2, images, single, tmp_path):
        check=True)
     assert_identical(read_all(out)[0], single)
     assert not part.exists()
+
+
+@pytest.fixture(scope="module")
+def feats_and_pairs(images, tmp_path_factory, d2):
+    work = tmp_path_factory.mktemp("match")
+    feats = work / "feats.h5"
+    d2("extract", images, "--out", feats, *FAST, check=True)
+    d2("pairs", "exhaustive", "--features", feats, "--out", work / "pairs.txt", check=True)
+    single = work / "single.h5"
+    d2("match", "--pairs", work / "pairs.txt", "--features", feats, "--out", single, "--quiet",
+       check=True)
+    return work, feats, single
+
+
+def read_matches(path):
+    import h5py
+
+    from d2cli.io.h5store import list_entries
+    with h5py.File(path) as f:
+        return {k: {d: f[k][d][()] for d in f[k]} for k in list_entries(f)}
+
+
+def test_match_shards_and_merge_equal_a_single_run(feats_and_pairs, d2):
+    work, feats, single = feats_and_pairs
+    out = work / "matches.h5"
+    for i in range(3):
+        d2("match", "--pairs", work / "pairs.txt", "--features", feats, "--out", out,
+           "--shard", f"{i}/3", "--quiet", check=True)
+    parts = sorted(work.glob("matches.shard*-of-3.h5"))
+    assert len(parts) == 3
+    d2("merge", *parts, "--out", out, check=True)
+    assert_identical(read_matches(out), read_matches(single))
+
+
+def test_torchrun_gloo_match_equals_single_run(feats_and_pairs):
+    work, feats, single = feats_and_pairs
+    out = work / "tr.h5"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29518", "-m", "d2cli", "match", "--pairs", str(work / "pairs.txt"),
+           "--features", str(feats), "--out", str(out), "--device", "cpu", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_identical(read_matches(out), read_matches(single))
+    assert not list(work.glob("tr.shard*"))

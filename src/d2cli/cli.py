@@ -410,6 +410,8 @@ def pairs_from_retrieval_cmd(descriptors, num_matched, query_prefix, query_list,
               help="Memory for descriptors kept between pairs.")
 @click.option("--commit-every", default=32, show_default=True, type=click.IntRange(min=1),
               help="Pairs per crash-safe commit (at most this many are redone after a kill).")
+@click.option("--shard", help="Match only shard i/n (0-based) of the pairs into OUT's part file; "
+                              "combine parts with d2 merge. Automatic under torchrun.")
 @click.option("--overwrite", is_flag=True, help="Redo pairs already in the output.")
 @click.option("--force", is_flag=True,
               help="Match features made with different models or settings anyway.")
@@ -417,7 +419,7 @@ def pairs_from_retrieval_cmd(descriptors, num_matched, query_prefix, query_list,
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @command
 def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, device, cache_mb,
-              commit_every, overwrite, force, quiet, as_json) -> int:
+              commit_every, shard, overwrite, force, quiet, as_json) -> int:
     """Mutual nearest neighbours of the descriptors of every pair, into an hloc matches file.
 
     Re-running skips pairs already in the file; a killed run resumes.
@@ -425,7 +427,8 @@ def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, devi
     from .match import MatchSettings, match
 
     settings = MatchSettings(ratio=ratio, max_distance=max_distance)
-    with progress_bar("match", "pairs", quiet or as_json) as p:
+    with sharded(out, shard, device) as run, \
+            progress_bar("match", "pairs", quiet or as_json or run.rank > 0) as p:
         task = p.add_task("match", total=None, rate="", visible=False)
 
         def on_start(total: int, todo: int) -> None:
@@ -438,9 +441,8 @@ def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, devi
 
         result = match(
             pairs_file, features, out, features_ref=features_ref, settings=settings,
-            device=device, overwrite=overwrite, force=force, cache_bytes=cache_mb << 20,
-            commit_every=commit_every,
-            progress=on_pair, on_start=on_start)
+            device=run.device, overwrite=overwrite, force=force, cache_bytes=cache_mb << 20,
+            commit_every=commit_every, shard=run.shard, progress=on_pair, on_start=on_start)
     s = result.summary()
     if as_json:
         print_json(s)

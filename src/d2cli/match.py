@@ -29,9 +29,10 @@ import torch
 from . import __version__
 from .errors import D2Error, EmptyInput, IncompatibleFeatures, UsageError
 from .extract import pick_device
-from .io.features import FeatureFile, matches_to_arrays, pair_key
+from .io.features import FeatureFile, MatchFile, matches_to_arrays, pair_key
 from .io.h5store import H5Store
 from .io.pairs import normalize_pairs, read_pairs
+from .shard import Shard
 
 Pair = tuple[str, str]
 
@@ -353,6 +354,7 @@ def match(
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     tile: tuple[int, int] | None = None,
     commit_every: int = 32,
+    shard: Shard | None = None,
     progress: ProgressFn | None = None,
     on_start: Callable[[int, int], None] | None = None,
 ) -> MatchResult:
@@ -363,7 +365,9 @@ def match(
     made with different models or settings, here or in an existing ``out``, are refused
     unless ``force``. A pair naming an image missing from its features file fails alone:
     see ``result.failed``. Finished pairs are committed ``commit_every`` at a time (and at
-    least every 10 s). ``progress(pair, num_matches, error)`` is called per pair.
+    least every 10 s). ``progress(pair, num_matches, error)`` is called per pair. With
+    ``shard``, only that shard's pairs are matched, into the shard's part file (pairs already
+    in ``out`` are skipped).
     """
     settings = settings or MatchSettings()
     dev = pick_device(device)
@@ -372,6 +376,13 @@ def match(
     pair_list = read_pairs(pairs) if from_file else normalize_pairs(pairs)
     if not pair_list:
         raise EmptyInput(f"no pairs in {pairs}" if from_file else "no pairs given")
+    merged_done: set[str] = set()
+    if shard is not None:
+        pair_list = shard.select(pair_list, key=lambda p: " ".join(sorted(p)))  # order-free
+        if out.exists() and not overwrite:
+            with MatchFile(out) as mf:
+                merged_done = set(mf.keys())
+        out = shard.part_path(out)
     if features_ref is not None and Path(features_ref).resolve() == Path(features).resolve():
         features_ref = None  # one file: one cache entry per image
     with FeatureFile(features) as ff0, (
@@ -397,7 +408,7 @@ def match(
                         f"{out} holds matches of other features or settings "
                         f"({'; '.join(diff)}); use --overwrite to redo it, --force to add "
                         "to it anyway, or another --out")
-            done = set() if overwrite else store.done()
+            done = set() if overwrite else store.done() | merged_done
             todo: list[Pair] = []
             missing: dict[Pair, str] = {}
             for a, b in pair_list:
