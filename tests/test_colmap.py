@@ -31,7 +31,7 @@ from d2cli.reconstruct import MODEL_FILES, reconstruct
 # of the 10). Each has its own camera (six sizes, no EXIF), so intrinsics stay fixed ("auto").
 # Over 6 verification x 2 mapping seeds, incremental mapping registered all 6 (169-511
 # points) 10 times and 3 twice; global mapping registered all 6 (190-378 points) 12 times.
-# Verification and mapping are seeded, so a machine gives one of these outcomes every time.
+# Verification and mapping are seeded (repeatable on one machine, not bit-exact across BLAS builds).
 SUBSET = ["02928139_3448003521.jpg", "17295357_9106075285.jpg", "44120379_8371960244.jpg",
           "51091044_3486849416.jpg", "71295362_4051449754.jpg", "93341989_396310999.jpg"]
 MAX_EDGE = 1024

@@ -90,11 +90,17 @@ def sfm(
 ) -> SfmResult:
     """Images -> COLMAP model in ``work/`` (layout: module doc); every step resumes.
 
+    Options are those of the steps (:func:`~d2cli.extract.extract`, :func:`~d2cli.match.match`,
+    :func:`~d2cli.colmap.colmap_import`, :func:`~d2cli.reconstruct.reconstruct`); with
+    ``camera_params`` the intrinsics stay fixed unless ``intrinsics="refine"``.
+
     Failed images and pairs are listed in ``result.failed`` and do not stop the run;
     a KeyboardInterrupt leaves every finished step (and the finished part of the
     current one) in ``work/`` for the next run.
     """
     t0 = time.perf_counter()
+    if camera_params is not None and intrinsics == "auto":
+        intrinsics = "fixed"  # known calibration: keep it
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     work = Path(work)
