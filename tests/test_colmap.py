@@ -283,7 +283,8 @@ def test_other_keypoints_are_refused_before_writing(work, tmp_path):
       "--camera-params", "1,x"], "--camera-params"),
     (["reconstruct", "{t}/none.db"], "database not found"),
     (["reconstruct", "{t}/empty.db"], "no images"),
-    (["reconstruct", "{w}/verified.db", "--option", "mapper.nope=1"], "no option mapper.nope"),
+    (["reconstruct", "{w}/verified.db", "-o", "{t}/sp", "--option", "mapper.nope=1"],
+     "no option mapper.nope"),
 ])
 def test_setup_errors_exit_2_with_one_line(d2, work, verified_db, tmp_path, args, message):
     pycolmap.Database.open(tmp_path / "empty.db").close()
