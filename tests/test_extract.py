@@ -183,8 +183,9 @@ def _parts(out: Path) -> set[str]:
 @pytest.fixture()
 def all_images(tmp_path, samples_dir) -> Path:
     root = tmp_path / "all"
-    shutil.copytree(samples_dir, root, ignore=shutil.ignore_patterns("*.md"))
-    return root
+    shutil.copytree(samples_dir, root / "a", ignore=shutil.ignore_patterns("*.md"))
+    shutil.copytree(samples_dir, root / "b", ignore=shutil.ignore_patterns("*.md"))
+    return root  # 20 images: enough work for several kills on a fast machine
 
 
 def test_sigkill_at_random_moments_then_resume(all_images, tmp_path, d2):
@@ -202,7 +203,7 @@ def test_sigkill_at_random_moments_then_resume(all_images, tmp_path, d2):
         deadline = time.time() + 120
         while proc.poll() is None and not (_parts(out) - before) and time.time() < deadline:
             time.sleep(0.05)  # wait until this run has written something
-        time.sleep(rng.uniform(0.0, 0.8))  # then kill at a random moment
+        time.sleep(rng.uniform(0.0, 0.5))  # then kill at a random moment
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

@@ -93,3 +93,11 @@ def test_find_images_recursive_any_case(tmp_path):
         (tmp_path / p).write_bytes(b"")
     names = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
     assert names == ["a/b/z.PpM", "a/y.png", "x.JPG"]
+
+
+@pytest.mark.parametrize("w, h", [(1600, 1200), (4032, 3024), (6000, 4000), (2000, 2000),
+                                  (1500, 1500), (2156, 1000), (10, 3000), (213, 320)])
+def test_network_input_size_predicts_the_resize(w, h):
+    from d2cli.images import network_input_size
+    r = resize_for_network(np.zeros((h, w, 3), np.uint8))
+    assert network_input_size(w, h) == (r.image.shape[1], r.image.shape[0])

@@ -7,6 +7,8 @@ float32 descriptors within 1e-4.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,9 @@ from PIL import Image
 
 from d2cli.extract import Extractor, ExtractSettings
 from d2cli.images import load_rgb, resize_for_network
+
+# benchmarks/gpu.sh runs these on CUDA (fp32 with TF32 off must still meet the tolerances)
+DEVICE = os.environ.get("D2CLI_TEST_DEVICE", "cpu")
 
 CASES = {
     "ss_caffe": dict(scales=(1,), preprocessing="caffe", max_edge=1600),
@@ -36,7 +41,7 @@ def _threads():
 def test_golden_parity(golden_dir, case, image):
     golden = np.load(golden_dir / f"{case}_{image}.npz")
     settings = ExtractSettings(descriptor_dtype="float32", **CASES[case])
-    extractor = Extractor("hed-vgg16", settings, device="cpu")
+    extractor = Extractor("hed-vgg16", settings, device=DEVICE)
     rgb = load_rgb(golden_dir / f"{image}.png")
     feats = extractor(rgb)
 
@@ -62,6 +67,6 @@ def test_resized_network_input_matches_reference(golden_dir, image):
 
 def test_float16_descriptors_stay_within_their_rounding(golden_dir):
     golden = np.load(golden_dir / "ss_caffe_a.npz")
-    feats = Extractor("hed-vgg16", ExtractSettings(), device="cpu")(load_rgb(golden_dir / "a.png"))
+    feats = Extractor("hed-vgg16", ExtractSettings(), device=DEVICE)(load_rgb(golden_dir / "a.png"))
     assert feats.descriptors.dtype == np.float16
     assert np.abs(feats.descriptors.astype(np.float32).T - golden["descriptors"]).max() <= 5e-4

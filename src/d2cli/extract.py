@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import __version__
 from .errors import BadImage, EmptyInput, IncompatibleFeatures, InputNotFound, UsageError
@@ -26,6 +27,7 @@ from .images import (
     PREPROCESSING,
     find_images,
     load_rgb,
+    network_input_size,
     preprocess,
     resize_for_network,
 )
@@ -371,6 +373,8 @@ def extract(
         done = set() if overwrite else store.done() | merged_done
         todo = [it for it in items if it.name not in done]
         result.skipped = [it.name for it in items if it.name in done]
+        if batch_size > 1:
+            todo = _bucket_by_size(todo, extractor.settings)
         if on_start:
             on_start(len(items), len(todo))
         try:
@@ -395,6 +399,22 @@ def extract(
             result.interrupted = True
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _bucket_by_size(items: list[ImageItem], settings: ExtractSettings) -> list[ImageItem]:
+    """Order images so that equal network-input sizes are adjacent (batchable).
+
+    Reads image headers only; an unreadable image keeps its place and fails later.
+    """
+    def size(item: ImageItem) -> tuple[int, int]:
+        try:
+            with Image.open(item.path) as im:
+                return network_input_size(*im.size, settings.max_edge, settings.max_sum_edges)
+        except Exception:  # reported by the real decode, with its reason
+            return (0, 0)
+
+    sizes = {it.name: size(it) for it in items}
+    return sorted(items, key=lambda it: sizes[it.name])  # stable: name order within a size
 
 
 def _fail(result: ExtractResult, name: str, error: str, progress: ProgressFn | None) -> None:

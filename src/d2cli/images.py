@@ -76,10 +76,25 @@ def imresize(image: np.ndarray, factor: float) -> np.ndarray:
     if image.dtype != np.uint8:
         image = bytescale(image)
     h, w = image.shape[:2]
-    size = tuple((np.array([w, h]) * factor).astype(int))  # (W, H), truncated
+    size = _scaled_size(w, h, factor)
     if min(size) < 1:
         raise BadImage(f"image of {w}x{h} would be resized to {size[0]}x{size[1]}")
     return np.asarray(Image.fromarray(image).resize(size, resample=Image.BILINEAR))
+
+
+def _scaled_size(w: int, h: int, factor: float) -> tuple[int, int]:
+    """scipy's output size: (W, H) * factor as a float64 product, truncated toward zero."""
+    sw, sh = (np.array([w, h]) * factor).astype(int)
+    return int(sw), int(sh)
+
+
+def network_input_size(w: int, h: int, max_edge: int = 1600, max_sum_edges: int = 2800) -> tuple[int, int]:
+    """(W, H) of the network input that ``resize_for_network`` makes of a W x H image."""
+    if max(h, w, 3) > max_edge:
+        w, h = _scaled_size(w, h, max_edge / max(h, w, 3))
+    if h + w > max_sum_edges:
+        w, h = _scaled_size(w, h, max_sum_edges / (h + w))
+    return w, h
 
 
 def bytescale(data: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -118,6 +119,8 @@ class H5Store:
         self.commit_seconds = commit_seconds
         self.fresh = fresh
         self._buffer: dict[str, dict[str, np.ndarray]] = {}
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
         self._last_commit = time.monotonic()
         self._done: set[str] = set()
         self._lock_fd: int | None = None
@@ -198,6 +201,7 @@ class H5Store:
 
     def reset(self) -> None:
         """Drop everything stored so far (under the lock): the next finalize starts afresh."""
+        self._wait_writer()
         self._wipe()
         self._done.clear()
         self._buffer.clear()
@@ -230,27 +234,47 @@ class H5Store:
                 tmp.unlink()
             raise OutputError(f"{target}: cannot write ({e.strerror or e})") from None
 
-    def commit(self) -> None:
-        """Write the buffered entries to a new part file (atomic)."""
+    def commit(self, wait: bool = False) -> None:
+        """Write the buffered entries to a new part file (atomic), in a background thread.
+
+        One write is in flight at a time, so the caller computes while the disk works;
+        ``wait`` (and ``finalize``) block until it is on disk.
+        """
         self._last_commit = time.monotonic()
-        if not self._buffer:
-            return
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
-        part = self.parts_dir / f"part-{self._seq:08d}-{os.getpid()}.h5"
-        self._seq += 1
-        buffer = self._buffer
+        if self._buffer:
+            self._wait_writer()
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            part = self.parts_dir / f"part-{self._seq:08d}-{os.getpid()}.h5"
+            self._seq += 1
+            buffer, self._buffer = self._buffer, {}
+            self._done.update(buffer)
 
-        def fill(f: h5py.File) -> None:
-            for name, arrays in buffer.items():
-                g = f.require_group(name)
-                for k, v in arrays.items():
-                    g.create_dataset(k, data=v)
+            def fill(f: h5py.File) -> None:
+                for name, arrays in buffer.items():
+                    g = f.require_group(name)
+                    for k, v in arrays.items():
+                        g.create_dataset(k, data=v)
 
-        self._write_h5(part, fill)
-        self._done.update(buffer)
-        self._buffer = {}
-        if len(self._part_files()) >= COMPACT_AFTER:
-            self._compact()
+            def write() -> None:
+                try:
+                    self._write_h5(part, fill)
+                    if len(self._part_files()) >= COMPACT_AFTER:
+                        self._compact()
+                except BaseException as e:  # re-raised in the caller's thread
+                    self._writer_error = e
+
+            self._writer = threading.Thread(target=write, name="h5store-writer", daemon=True)
+            self._writer.start()
+        if wait:
+            self._wait_writer()
+
+    def _wait_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._writer_error is not None:
+            error, self._writer_error = self._writer_error, None
+            raise error
 
     def _merge_into(self, target: Path, sources: list[Path]) -> None:
         def fill(f: h5py.File) -> None:
@@ -272,7 +296,7 @@ class H5Store:
 
     def finalize(self) -> None:
         """Fold the final file and all parts into a new final file (atomic rename)."""
-        self.commit()
+        self.commit(wait=True)
         parts = self._part_files()
         if not parts and self.path.exists():
             return
