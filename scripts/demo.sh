@@ -9,6 +9,7 @@ IMAGES="src/d2cli/data/sacre_coeur"
 mkdir -p "$OUT"
 if $D2 --help | grep -q " sfm "; then
   $D2 sfm "$IMAGES" --out "$OUT"
+  $D2 show model "$OUT/sparse" --out "$OUT/model.png"
 else
   $D2 extract "$IMAGES" --out "$OUT/feats.h5"
 fi

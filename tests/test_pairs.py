@@ -193,7 +193,7 @@ def test_cli_from_model_and_poses(tmp_path, d2):
     (["exhaustive", "--image-list", "spaces.txt"], "contains whitespace"),
     (["sequential", "--overlap", "0"], "overlap must be >= 1"),
     (["from-model", "nowhere"], "nowhere: COLMAP model folder not found"),
-    (["from-poses", "."], "not a readable COLMAP model"),
+    (["from-poses", "."], "no COLMAP model here"),
 ])
 def test_cli_errors_are_one_line(feats, tmp_path, d2, args, message):
     (tmp_path / "spaces.txt").write_text("my photo.jpg\nother.jpg\n")

@@ -38,8 +38,10 @@ import pycolmap
 from PIL import Image, UnidentifiedImageError
 
 from .errors import BadFile, IncompatibleFeatures, InputNotFound, OutputError, UsageError
+from .images import read_image_size
+from .io.colmap_model import read_model
 from .io.features import FeatureFile, MatchFile
-from .io.pairs import normalize_pairs, write_pairs
+from .io.pairs import normalize_pairs, read_pair_lines, write_pairs
 
 CAMERA_MODES = ("auto", "single", "per-folder", "per-image")
 CAMERA_MODELS = tuple(m for m in pycolmap.CameraModelId.__members__ if m != "INVALID")
@@ -270,11 +272,7 @@ def _image_info(ff: FeatureFile, name: str, image_dir: Path | None) -> tuple[Ima
     path = image_dir / name if image_dir is not None else None
     found = path is not None and path.is_file()
     if (w <= 0 or h <= 0) and found:
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-        except (OSError, UnidentifiedImageError):
-            pass
+        w, h = read_image_size(path) or (w, h)
     if w <= 0 or h <= 0:
         raise BadFile(f"{name}: no image_size in {ff.path} and no readable image file")
     return ImageInfo(name, w, h, path if found else None, read_exif(path) if found else None), found
@@ -302,13 +300,7 @@ def _add_frame(db: pycolmap.Database, camera_id: int, image_id: int) -> None:
 
 
 def _read_reference_model(model_dir: Path) -> pycolmap.Reconstruction:
-    if not model_dir.is_dir():
-        raise InputNotFound(f"{model_dir}: reference model folder not found")
-    try:
-        rec = pycolmap.Reconstruction(model_dir)
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise BadFile(f"{model_dir}: not a readable COLMAP model ({reason})") from None
+    rec = read_model(model_dir, "reference model")
     if rec.num_images() == 0:
         raise BadFile(f"{model_dir}: the reference model has no images")
     return rec
@@ -433,7 +425,7 @@ def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
     if mf is not None:
         _check_match_provenance(ff, mf)
         if pairs_path is not None:
-            wanted = _read_pairs_raw(pairs_path)
+            wanted = read_pair_lines(pairs_path)
         else:
             wanted, unknown_keys = _pairs_from_match_file(mf, names)
             for k in unknown_keys:
@@ -515,23 +507,6 @@ def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
                 result.inlier_pairs_now += int(len(m) > 0)
             to_verify = []
     return to_verify
-
-
-def _read_pairs_raw(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """The pairs as listed (self pairs and duplicates kept, so they can be counted)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputNotFound(f"{p}: pairs file not found")
-    out = []
-    for lineno, line in enumerate(p.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) < 2:
-            raise BadFile(f"{p}:{lineno}: expected 'name0 name1', got {line!r}")
-        out.append((parts[0], parts[1]))
-    return out
 
 
 def _colmap_keypoints(ff: FeatureFile, name: str) -> np.ndarray:

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import __version__
 from .errors import BadImage, EmptyInput, IncompatibleFeatures, InputNotFound, UsageError
@@ -29,6 +28,7 @@ from .images import (
     load_rgb,
     network_input_size,
     preprocess,
+    read_image_size,
     resize_for_network,
 )
 from .io.features import FeatureFile, Features
@@ -407,11 +407,8 @@ def _bucket_by_size(items: list[ImageItem], settings: ExtractSettings) -> list[I
     Reads image headers only; an unreadable image keeps its place and fails later.
     """
     def size(item: ImageItem) -> tuple[int, int]:
-        try:
-            with Image.open(item.path) as im:
-                return network_input_size(*im.size, settings.max_edge, settings.max_sum_edges)
-        except Exception:  # reported by the real decode, with its reason
-            return (0, 0)
+        wh = read_image_size(item.path)  # None: reported later by the real decode
+        return network_input_size(*wh, settings.max_edge, settings.max_sum_edges) if wh else (0, 0)
 
     sizes = {it.name: size(it) for it in items}
     return sorted(items, key=lambda it: sizes[it.name])  # stable: name order within a size

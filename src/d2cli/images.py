@@ -67,6 +67,15 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).copy()
 
 
+def read_image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(W, H) from the image header without decoding the pixels; None if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+
+
 def imresize(image: np.ndarray, factor: float) -> np.ndarray:
     """scipy<=1.2 ``misc.imresize(image, factor)`` (bilinear) on an (H, W, 3) array -> uint8.
 

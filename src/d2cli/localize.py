@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import pycolmap
-from PIL import Image, UnidentifiedImageError
 
 from .colmap import ImageInfo, check_camera_model, make_camera, quiet_colmap, read_exif
 from .errors import (
@@ -51,7 +50,9 @@ from .errors import (
     OutputError,
     UsageError,
 )
+from .images import read_image_size
 from .inloc import alignment_path, read_alignment, read_xyzcut, sample_xyz
+from .io.colmap_model import read_model
 from .io.features import FeatureFile, MatchFile
 from .io.pairs import read_pairs
 
@@ -197,13 +198,7 @@ class _ModelReference(_Reference):
 
     def __init__(self, ff: FeatureFile, model_dir: Path) -> None:
         super().__init__(ff)
-        if not model_dir.is_dir():
-            raise InputNotFound(f"{model_dir}: reference model folder not found")
-        try:
-            self.rec = pycolmap.Reconstruction(model_dir)
-        except Exception as e:  # pycolmap raises ValueError/RuntimeError with C++ text
-            reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-            raise BadFile(f"{model_dir}: not a readable COLMAP model ({reason})") from None
+        self.rec = read_model(model_dir, "reference model")
         self.dir = model_dir
         self.images = {im.name: im for im in self.rec.images.values() if im.has_pose}
         if not self.images:
@@ -307,11 +302,7 @@ def _query_camera(q: Query, ff: FeatureFile, image_dir: Path | None
         return q.camera, "given"
     path = image_dir / q.name if image_dir is not None else None
     if w <= 0 and path is not None and path.is_file():
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-        except (OSError, UnidentifiedImageError):
-            pass
+        w, h = read_image_size(path) or (w, h)
     if w <= 0 or h <= 0:
         raise QueryFailed("no intrinsics in the queries file, and no image size to guess them "
                           "from (features without image_size, no image file)")

@@ -8,7 +8,6 @@ unordered pairs, refuses names with whitespace and writes the file atomically.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadFile, EmptyInput, InputNotFound, MissingName, UsageError
+from .io.colmap_model import read_model
 from .io.features import FeatureFile
 from .io.pairs import normalize_pairs, write_pairs
 
@@ -103,13 +103,22 @@ def pairs_exhaustive(names: Sequence[str], queries: Sequence[str] | None = None,
     """
     if queries is None and refs is None:
         return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    queries, refs = _complete_sides(names, queries, refs)
+    return normalize_pairs((a, b) for a in queries for b in refs)
+
+
+def _complete_sides(names: Sequence[str], queries: Sequence[str] | None,
+                    refs: Sequence[str] | None) -> tuple[Sequence[str], Sequence[str]]:
+    """Queries and references; a missing side is the rest of ``names``, both missing: all."""
+    if queries is None and refs is None:
+        return list(names), list(names)
     if queries is None:
         r = set(refs or ())
         queries = [n for n in names if n not in r]
     if refs is None:
         q = set(queries)
         refs = [n for n in names if n not in q]
-    return normalize_pairs((a, b) for a in queries for b in refs)
+    return queries, refs
 
 
 def pairs_sequential(names: Sequence[str], overlap: int) -> list[Pair]:
@@ -121,17 +130,7 @@ def pairs_sequential(names: Sequence[str], overlap: int) -> list[Pair]:
 
 
 def _load_model(model_dir: str | os.PathLike) -> Any:
-    import pycolmap  # heavy import, only for these two strategies
-
-    p = Path(model_dir)
-    if not p.is_dir():
-        raise InputNotFound(f"{p}: COLMAP model folder not found")
-    try:
-        return pycolmap.Reconstruction(p)
-    except (ValueError, RuntimeError) as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        reason = re.sub(r"^\s*\[[^]]*\]\s*", "", first) or e.__class__.__name__  # no [file.cc:N]
-        raise BadFile(f"{p}: not a readable COLMAP model ({reason})") from None
+    return read_model(model_dir)
 
 
 def _best_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -257,14 +256,7 @@ def pairs_from_retrieval(names: Sequence[str], descriptors: np.ndarray, num_matc
     if num_matched < 1:
         raise UsageError("num-matched must be >= 1")
     index = {n: i for i, n in enumerate(names)}
-    if queries is None and refs is None:
-        queries = refs = list(names)
-    elif queries is None:
-        r = set(refs or ())
-        queries = [n for n in names if n not in r]
-    elif refs is None:
-        q = set(queries)
-        refs = [n for n in names if n not in q]
+    queries, refs = _complete_sides(names, queries, refs)
     if not queries or not refs:
         raise EmptyInput("no query or no reference image to pair")
     norm = np.linalg.norm(descriptors, axis=1, keepdims=True)

@@ -30,7 +30,8 @@ from typing import Any
 import pycolmap
 
 from .colmap import UNUSABLE_CONFIGS, open_database, quiet_colmap
-from .errors import BadFile, EmptyInput, InputNotFound, OutputError, PartialFailure, UsageError
+from .errors import EmptyInput, InputNotFound, OutputError, PartialFailure, UsageError
+from .io.colmap_model import read_model
 
 MAPPERS = ("incremental", "global")
 INTRINSICS = ("auto", "refine", "fixed")
@@ -373,13 +374,7 @@ def _run(database: Path, images: Path, work: Path, result: ReconstructResult, ma
 
 def _load_reference(model_dir: Path, database: Path) -> pycolmap.Reconstruction:
     """The reference model, checked against the database it is triangulated with."""
-    if not model_dir.is_dir():
-        raise InputNotFound(f"{model_dir}: reference model folder not found")
-    try:
-        ref = pycolmap.Reconstruction(model_dir)
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise BadFile(f"{model_dir}: not a readable COLMAP model ({reason})") from None
+    ref = read_model(model_dir, "reference model")
     with open_database(database) as db:
         for im in ref.images.values():
             have = db.read_image_with_name(im.name)

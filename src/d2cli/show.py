@@ -32,6 +32,7 @@ from PIL import Image
 
 from .errors import BadFile, EmptyInput, InputNotFound, MissingName, OutputError, UsageError
 from .images import load_rgb
+from .io.colmap_model import read_model
 from .io.features import FeatureFile, MatchFile
 
 DPI = 100
@@ -432,17 +433,7 @@ def _db_size(db: Any, name: str) -> tuple[int, int] | None:
 
 # --------------------------------------------------------------------------- model
 def _read_model(model_dir: Path) -> Any:
-    import pycolmap
-
-    if not model_dir.is_dir():
-        raise InputNotFound(f"{model_dir}: model folder not found")
-    if not any((model_dir / f"cameras.{ext}").is_file() for ext in ("bin", "txt")):
-        raise BadFile(f"{model_dir}: no COLMAP model here (cameras.bin or cameras.txt)")
-    try:
-        return pycolmap.Reconstruction(str(model_dir))
-    except Exception as e:  # pycolmap raises ValueError/RuntimeError with multi-line text
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else e.__class__.__name__
-        raise BadFile(f"{model_dir}: unreadable COLMAP model ({first})") from None
+    return read_model(model_dir)
 
 
 def _view_frame(cams_R: np.ndarray, xyz: np.ndarray) -> np.ndarray:

@@ -29,7 +29,12 @@ def normalize_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """Read a pairs file; blank lines and ``#`` comments are ignored; extra columns too."""
+    """Read a pairs file without self pairs and duplicate unordered pairs."""
+    return normalize_pairs(read_pair_lines(path))
+
+
+def read_pair_lines(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """The pairs as listed; blank lines and ``#`` comments are ignored; extra columns too."""
     p = Path(path)
     if not p.is_file():
         raise InputNotFound(f"{p}: pairs file not found")
@@ -42,7 +47,7 @@ def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
         if len(parts) < 2:
             raise BadFile(f"{p}:{lineno}: expected 'name0 name1', got {line!r}")
         pairs.append((parts[0], parts[1]))
-    return normalize_pairs(pairs)
+    return pairs
 
 
 def write_pairs(path: str | os.PathLike, pairs: Iterable[tuple[str, str]]) -> int:
