@@ -113,6 +113,7 @@ def test_bad_images_are_reported_and_others_done(d2, images, tmp_path):
     (["--model", "nope"], "unknown model 'nope'"),
     (["--model", "d2_tf"], "d2 weights fetch d2_tf"),
     (["--scales", "0,1"], "scales"),
+    (["--scales", "x"], "--scales expects numbers"),
 ])
 def test_setup_errors_exit_2_with_one_line(d2, images, tmp_path, args, message):
     proc = d2("extract", images, "--out", tmp_path / "f.h5", *args, *FAST,

@@ -30,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_PARTIAL, D2Error
+from .errors import EXIT_INTERRUPTED, EXIT_PARTIAL, D2Error, UsageError
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -110,7 +110,7 @@ def _parse_scales(text: str | None) -> tuple[float, ...] | None:
     try:
         return tuple(float(s) for s in text.replace(",", " ").split())
     except ValueError:
-        raise click.BadParameter(f"expected numbers like '0.5,1,2', got {text!r}") from None
+        raise UsageError(f"--scales expects numbers like '0.5,1,2', got {text!r}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -204,10 +204,10 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
         descriptor_dtype=descriptor_dtype, precision=precision)
     with sharded(out, shard, device) as run, \
             progress_bar("extract", "img", quiet or as_json or run.rank > 0) as p:
-        task = p.add_task("extract", total=None, rate="")
+        task = p.add_task("extract", total=None, rate="", visible=False)
 
         def on_start(total: int, todo: int) -> None:
-            p.update(task, total=todo)
+            p.update(task, total=todo, visible=True)  # not before: set-up errors show no bar
 
         def on_image(name: str, n: int | None, error: str | None) -> None:
             if error:
