@@ -443,3 +443,10 @@ def test_pose_input_problems(strecha_root, tmp_path, d2):
               "--work-dir", tmp_path / "w", "--no-plot", "--max-keypoints", "400")
     assert proc.returncode == 1, proc.stderr
     assert "gone.png" in proc.stderr and "AUC@5" in proc.stdout
+
+
+def test_method_labels_name_scales_and_precision():
+    from d2cli.extract import ExtractSettings
+    assert d2_method(None, ExtractSettings()).label == "hed-vgg16"
+    assert d2_method(None, ExtractSettings(scales=(0.5, 1, 2), precision="bf16")).label == \
+        "hed-vgg16 MS bf16"

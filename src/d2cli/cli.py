@@ -601,6 +601,9 @@ def _eval_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      default="caffe", show_default=True),
         click.option("--no-relu", is_flag=True, help="No ReLU after conv4_3."),
         click.option("--max-keypoints", type=int, help="Keep the K highest scores per image."),
+        click.option("--precision", "precisions", multiple=True,
+                     type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
+                     help="Trunk precision; repeat to compare (one curve each) [default: fp32]."),
         click.option("--baseline", type=click.Choice(["sift"]), multiple=True,
                      help="Add COLMAP SIFT (pycolmap, CPU) on the same images."),
         click.option("--sift-max-features", default=8192, show_default=True),
@@ -618,8 +621,8 @@ def _eval_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge, max_sum_edges,
-                  preprocessing, no_relu, max_keypoints, baseline, sift_max_features,
-                  quiet) -> list[Any]:
+                  preprocessing, no_relu, max_keypoints, precisions, baseline,
+                  sift_max_features, quiet) -> list[Any]:
     from .eval.methods import SiftSettings, d2_method, sift_method
     from .extract import MULTI_SCALE, SINGLE_SCALE, ExtractSettings
     from .weights.fetch import ensure_model
@@ -635,12 +638,14 @@ def _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge, max_
             with _download_bar(str(model), quiet) as on_bytes:
                 ensure_model(model, fetch=True, progress=on_bytes)
         for sc in scale_sets:
-            # fp32 descriptors: the protocol matches in fp32, fp16 would flip near-ties
-            settings = ExtractSettings(
-                scales=sc, max_edge=max_edge, max_sum_edges=max_sum_edges,
-                preprocessing=preprocessing, use_relu=not no_relu,
-                max_keypoints=max_keypoints, descriptor_dtype="float32")
-            methods.append(d2_method(model, settings))
+            for precision in precisions or ("fp32",):
+                # fp32 descriptors: the protocol matches in fp32, fp16 would flip near-ties
+                settings = ExtractSettings(
+                    scales=sc, max_edge=max_edge, max_sum_edges=max_sum_edges,
+                    preprocessing=preprocessing, use_relu=not no_relu,
+                    max_keypoints=max_keypoints, descriptor_dtype="float32",
+                    precision=precision)
+                methods.append(d2_method(model, settings))
     if "sift" in baseline:
         methods.append(sift_method(SiftSettings(max_image_size=max_edge,
                                                 max_num_features=sift_max_features)))
@@ -693,8 +698,9 @@ def _fmt(v: float | None, pct: bool = True) -> str:
 @_eval_options
 @command
 def eval_hpatches_cmd(root, all_sequences, plot, models, fetch, multiscale, both_scales, scales,
-                      max_edge, max_sum_edges, preprocessing, no_relu, max_keypoints, baseline,
-                      sift_max_features, work_dir, device, no_plot, quiet, as_json) -> int:
+                      max_edge, max_sum_edges, preprocessing, no_relu, max_keypoints, precisions,
+                      baseline, sift_max_features, work_dir, device, no_plot, quiet,
+                      as_json) -> int:
     """HPatches-sequences mean matching accuracy (the D2-Net paper's protocol) on ROOT.
 
     ROOT is laid out like hpatches-sequences-release: <seq>/1.ppm .. 6.ppm and
@@ -705,8 +711,8 @@ def eval_hpatches_cmd(root, all_sequences, plot, models, fetch, multiscale, both
 
     quiet = quiet or as_json
     methods = _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge,
-                            max_sum_edges, preprocessing, no_relu, max_keypoints, baseline,
-                            sift_max_features, quiet)
+                            max_sum_edges, preprocessing, no_relu, max_keypoints, precisions,
+                            baseline, sift_max_features, quiet)
     with _stage_bars(quiet) as on_progress:
         res = evaluate_hpatches(root, methods, work_dir=work_dir, all_sequences=all_sequences,
                                 device=device, progress=on_progress)
@@ -762,8 +768,8 @@ def eval_hpatches_cmd(root, all_sequences, plot, models, fetch, multiscale, both
 @command
 def eval_pose_cmd(root, pairs_file, max_gap, max_error, ransac_trials, plot, models, fetch,
                   multiscale, both_scales, scales, max_edge, max_sum_edges, preprocessing,
-                  no_relu, max_keypoints, baseline, sift_max_features, work_dir, device,
-                  no_plot, quiet, as_json) -> int:
+                  no_relu, max_keypoints, precisions, baseline, sift_max_features, work_dir,
+                  device, no_plot, quiet, as_json) -> int:
     """Relative-pose AUC at 5/10/20 degrees on image pairs with known cameras under ROOT.
 
     Matches every pair, estimates the essential matrix with RANSAC (pycolmap) and
@@ -774,8 +780,8 @@ def eval_pose_cmd(root, pairs_file, max_gap, max_error, ransac_trials, plot, mod
 
     quiet = quiet or as_json
     methods = _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge,
-                            max_sum_edges, preprocessing, no_relu, max_keypoints, baseline,
-                            sift_max_features, quiet)
+                            max_sum_edges, preprocessing, no_relu, max_keypoints, precisions,
+                            baseline, sift_max_features, quiet)
     with _stage_bars(quiet) as on_progress:
         res = evaluate_pose(root, methods, pairs_file=pairs_file, max_gap=max_gap,
                             max_error=max_error, max_trials=ransac_trials,

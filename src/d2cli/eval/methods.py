@@ -70,6 +70,8 @@ def d2_method(model: str | None, settings: ExtractSettings, label: str | None = 
             label += " MS"
         elif tuple(settings.scales) != SINGLE_SCALE:
             label += " scales " + ",".join(f"{s:g}" for s in settings.scales)
+        if settings.precision != "fp32":
+            label += f" {settings.precision}"
     return Method(label, "d2", model, settings)
 
 
