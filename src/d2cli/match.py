@@ -201,8 +201,11 @@ class DescriptorCache:
     """
 
     def __init__(self, sources: Sequence[FeatureFile], accesses: Sequence[tuple[int, str]],
-                 max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 max_bytes: int = DEFAULT_CACHE_BYTES, device: torch.device | None = None) -> None:
         self.sources = sources
+        # on a GPU the entries live in device memory: each image crosses the bus once per
+        # run, and the copy happens in the read-ahead thread, overlapping the products
+        self.device = device
         self.accesses = list(accesses)
         self.max_bytes = max_bytes
         never = len(self.accesses)
@@ -222,7 +225,8 @@ class DescriptorCache:
         src, name = key
         d = self.sources[src].descriptors(name, dtype=np.float32)  # (D, N)
         self.reads += 1
-        return torch.from_numpy(np.ascontiguousarray(d.T))
+        t = torch.from_numpy(np.ascontiguousarray(d.T))
+        return t.to(self.device, non_blocking=True) if self.device is not None else t
 
     def get(self, t: int) -> torch.Tensor:
         """The descriptors of access number ``t``; call with t = 0, 1, 2, ... in order."""
@@ -426,7 +430,8 @@ def match(
                 _fail(result, p, reason, progress)
             ref = 0 if ff1 is ff0 else 1  # one cache entry per image when there is one file
             accesses = [(i, n) for a, b in todo for i, n in ((0, a), (ref, b))]
-            cache = DescriptorCache([ff0, ff1], accesses, cache_bytes)
+            cache = DescriptorCache([ff0, ff1], accesses, cache_bytes,
+                                    device=dev if dev.type == "cuda" else None)
             result.images = len(set(accesses))
             stop = threading.Event()
             t_match = time.perf_counter()
