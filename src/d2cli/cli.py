@@ -104,6 +104,13 @@ def report_failures(failed: dict[str, str], what: str) -> None:
             err_console.print(f"  {reason}", highlight=False, soft_wrap=True)
 
 
+def exit_status(result: Any) -> int:
+    """A batch command's exit code: re-raise an interruption (130), 1 if items failed."""
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return EXIT_PARTIAL if result.failed else 0
+
+
 def _parse_scales(text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
@@ -232,9 +239,7 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
             ("time", f"{s['seconds']:.1f} s ({s['images_per_second']:.2f} img/s)"),
         ])
         report_failures(result.failed, "images")
-    if result.interrupted:
-        raise KeyboardInterrupt
-    return EXIT_PARTIAL if result.failed else 0
+    return exit_status(result)
 
 
 # --------------------------------------------------------------------------- merge
@@ -457,9 +462,7 @@ def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, devi
             ("time", f"{s['seconds']:.1f} s ({s['pairs_per_second']:.2f} pairs/s)"),
         ])
         report_failures(result.failed, "pairs")
-    if result.interrupted:
-        raise KeyboardInterrupt
-    return EXIT_PARTIAL if result.failed else 0
+    return exit_status(result)
 
 
 # --------------------------------------------------------------------------- weights
