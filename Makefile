@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv test demo lint bench clean gpu-wheels
 
 venv: $(STAMP)
 
@@ -28,5 +28,9 @@ bench: venv
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/match.py
 
+gpu-wheels: venv
+	$(PY) -m pip download --quiet --only-binary=:all: -d wheels click rich h5py pytest pillow \
+		pygments markdown-it-py mdurl iniconfig pluggy packaging
+
 clean:
-	rm -rf $(VENV) build *.egg-info demo-out
+	rm -rf $(VENV) build *.egg-info demo-out wheels

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# The GPU acceptance run (issue: GPU-batched extraction), for the lent GPU machine:
-#   device run: bash benchmarks/gpu.sh     (carry .venv is NOT needed: torch is preinstalled there)
-# 1. installs the package without touching the machine's torch, 2. golden parity on CUDA
-# (fp32, TF32 off), 3. the throughput table (benchmarks/gpu.py). Budget: under 6 minutes.
+# The GPU acceptance run (issue: GPU-batched extraction), for the lent GPU machine, which has
+# torch but no network. Prepare here, then run there:
+#   make gpu-wheels                         # small wheels (h5py, click, rich, ...) into wheels/
+#   device run: bash benchmarks/gpu.sh      with carry: ["wheels"]
+# 1. installs the package and the small deps without touching the machine's torch,
+# 2. golden parity on CUDA (fp32, TF32 off), 3. the throughput and precision tables.
+# Budget: under 6 minutes. Tables are written to $OUT (or .).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-$PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
-$PY -m pip install --quiet --no-deps -e . 2>/dev/null || $PY -m pip install --quiet --no-deps .
-$PY -m pip install --quiet click rich h5py pillow pytest 2>/dev/null || true
-D2CLI_TEST_DEVICE=cuda timeout 120 $PY -m pytest -q tests/test_parity.py
-timeout 300 $PY benchmarks/gpu.py --seconds 3 | tee "${OUT:-.}/gpu-benchmark.md"
+OUTDIR=${OUT:-.}
+$PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name(0))"
+if [ -d wheels ]; then
+  $PY -m pip install --quiet --no-index --find-links wheels click rich h5py pytest pillow || true
+fi
+$PY -m pip install --quiet --no-deps --no-build-isolation -e . 2>/dev/null \
+  || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+D2CLI_TEST_DEVICE=cuda timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_parity.py \
+  | tee "$OUTDIR/gpu-parity.txt"
+timeout 240 $PY benchmarks/gpu.py --seconds 3 | tee "$OUTDIR/gpu-benchmark.md"
+timeout 60 $PY benchmarks/precision.py --device cuda | tee "$OUTDIR/gpu-precision.md"
