@@ -268,7 +268,7 @@ def _check_match_provenance(ff: FeatureFile, mf: MatchFile) -> None:
 
 def _image_info(ff: FeatureFile, name: str, image_dir: Path | None) -> tuple[ImageInfo, bool]:
     """(info, image file found)."""
-    w, h = (int(v) for v in ff[name].image_size[:2])
+    w, h = ff.image_size(name)
     path = image_dir / name if image_dir is not None else None
     found = path is not None and path.is_file()
     if (w <= 0 or h <= 0) and found:
@@ -323,7 +323,7 @@ def _mirror_reference_model(result: ImportResult, ff: FeatureFile, db: pycolmap.
                 f"{im.name}: in the reference model but not in features file {ff.path}")
             continue
         cam = rec.cameras[im.camera_id]
-        w, h = (int(v) for v in ff[im.name].image_size[:2])
+        w, h = ff.image_size(im.name)
         if w > 0 and (w, h) != (cam.width, cam.height):
             raise IncompatibleFeatures(
                 f"{im.name}: features are for a {w}x{h} image, the reference model's camera "

@@ -265,7 +265,7 @@ class _ScanReference(_Reference):
             raise IncompatibleFeatures(f"{name}: has a scan in {self.dir} but is not in features "
                                        f"file {self.ff.path}")
         xyz_map = read_xyzcut(self.scan_path(name))
-        w, h = (int(v) for v in self.ff[name].image_size[:2])
+        w, h = self.ff.image_size(name)
         if w > 0 and (w, h) != (xyz_map.shape[1], xyz_map.shape[0]):
             raise IncompatibleFeatures(
                 f"{name}: XYZcut is {xyz_map.shape[1]}x{xyz_map.shape[0]} but the features are "
@@ -294,7 +294,7 @@ class _Settings:
 
 def _query_camera(q: Query, ff: FeatureFile, image_dir: Path | None
                   ) -> tuple[pycolmap.Camera, str]:
-    w, h = (int(v) for v in ff[q.name].image_size[:2])
+    w, h = ff.image_size(q.name)
     if q.camera is not None:
         if w > 0 and (w, h) != (q.camera.width, q.camera.height):
             raise QueryFailed(f"the queries file gives a {q.camera.width}x{q.camera.height} "

@@ -100,6 +100,11 @@ class FeatureFile:
     def keypoints(self, name: str) -> np.ndarray:
         return self._group(name)["keypoints"][()]
 
+    def image_size(self, name: str) -> tuple[int, int]:
+        """(W, H) of an image, without reading its descriptors; (0, 0) if not recorded."""
+        g = self._group(name)
+        return (int(g["image_size"][0]), int(g["image_size"][1])) if "image_size" in g else (0, 0)
+
     def close(self) -> None:
         self._h5.close()
 
