@@ -19,19 +19,20 @@ a later part overrides an earlier entry of the same name.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from ..errors import BadFile, OutputError, OutputLocked
+from ..errors import BadFile, OutputError
+from .lock import exclusive_lock
 
 COMPACT_AFTER = 64  # merge part files once there are this many
 
@@ -123,7 +124,7 @@ class H5Store:
         self._writer_error: BaseException | None = None
         self._last_commit = time.monotonic()
         self._done: set[str] = set()
-        self._lock_fd: int | None = None
+        self._lock: ExitStack | None = None
         self._seq = 0
 
     # -- locking ---------------------------------------------------------------------------
@@ -132,27 +133,18 @@ class H5Store:
             raise OutputError(f"{self.path}: is a directory, expected an HDF5 file path")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise OutputError(f"{self.path}: cannot write here ({e.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutputLocked(
-                f"{self.path} is being written by another d2 process; wait for it or use another --out"
-            ) from None
-        self._lock_fd = fd
+        self._lock = ExitStack()
+        self._lock.enter_context(exclusive_lock(
+            self.lock_path,
+            busy=f"{self.path} is being written by another d2 process; wait for it or use another --out",
+            unwritable=f"{self.path}: cannot write here"))
 
     def _release(self) -> None:
-        if self._lock_fd is not None:
-            try:
-                self.lock_path.unlink()
-            except OSError:
-                pass
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- state -----------------------------------------------------------------------------
     def _part_files(self) -> list[Path]:

@@ -19,7 +19,6 @@ continues exactly as an uninterrupted run would (same floating-point operations)
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -35,8 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BadFile, OutputError, OutputLocked, UsageError
+from ..errors import BadFile, OutputError, UsageError
 from ..images import PREPROCESSING, preprocess
+from ..io.lock import exclusive_lock
 from ..model import CONV_INDICES, CONV_NAMES, PREFIX, D2Net, read_state_dict
 from ..weights import DEFAULT_MODEL, resolve_model
 from .loss import MIN_MATCHES, pair_loss, pixels_to_cells
@@ -364,15 +364,9 @@ def train(settings: TrainSettings, out: str | os.PathLike, overwrite: bool = Fal
         (out / "checkpoints").mkdir(exist_ok=True)
     except OSError as e:
         raise OutputError(f"{out}: cannot write here ({e.strerror})") from None
-    lock_fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputLocked(f"{out}: another d2 train is writing here") from None
+    with exclusive_lock(out / ".lock", busy=f"{out}: another d2 train is writing here",
+                        unwritable=f"{out}: cannot write here", remove=False):
         return _train_locked(settings, out, overwrite, max_steps, progress, t0)
-    finally:
-        os.close(lock_fd)
 
 
 def _train_locked(settings: TrainSettings, out: Path, overwrite: bool, max_steps: int | None,

@@ -16,7 +16,6 @@ expected sha256 is deleted: nothing of it stays in the cache.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -25,7 +24,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,10 +35,10 @@ from ..errors import (
     BadCheckpoint,
     DownloadFailed,
     OutputError,
-    OutputLocked,
     UnknownModel,
     UsageError,
 )
+from ..io.lock import exclusive_lock
 from . import (
     KNOWN_MODELS,
     OFFICIAL_URL,
@@ -185,25 +184,11 @@ def ensure_model(model: str | os.PathLike | None, fetch: bool = False,
 
 
 # --------------------------------------------------------------------------- internals
-@contextlib.contextmanager
-def _locked(final: Path) -> Iterator[None]:
+def _locked(final: Path) -> contextlib.AbstractContextManager[None]:
     lock = final.with_name(final.name + ".lock")
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise OutputError(f"{lock}: cannot write the weights cache ({e.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OutputLocked(f"{final.stem} is being fetched by another d2 process; "
-                           "wait for it to finish") from None
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return exclusive_lock(
+        lock, busy=f"{final.stem} is being fetched by another d2 process; wait for it to finish",
+        unwritable=f"{lock}: cannot write the weights cache")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
