@@ -32,6 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pycolmap
+from docs_section import write_section  # benchmarks/ is on sys.path
 
 from d2cli.colmap import colmap_import, open_database, quiet_colmap
 from d2cli.eval.pose import read_strecha_camera
@@ -45,7 +46,6 @@ from d2cli.reconstruct import reconstruct
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "strecha" / "fountain-P11"
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Localisation (d2 localize)"
 QUERIES = ("0002.jpg", "0005.jpg", "0008.jpg")  # spread along the arc; the 8 others map
 SEED = 1
@@ -188,20 +188,6 @@ def table(rows: list[tuple[str, dict, dict]], max_edge: int, size: tuple[int, in
     return lines
 
 
-def write_section(text: str) -> None:
-    """Replace (or add) this benchmark's section of docs/benchmarks.md; others untouched."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = doc.find(SECTION + "\n")
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + (doc[nxt + 1:] if nxt >= 0 else "")
-    tmp = DOC.with_name(DOC.name + ".tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, DOC)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -238,7 +224,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, text)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

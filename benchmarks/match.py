@@ -34,6 +34,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from docs_section import DOC, write_section  # benchmarks/ is on sys.path
 
 from d2cli.io.h5store import write_attrs
 from d2cli.match import match, mnn
@@ -43,7 +44,6 @@ DIM = 512
 # keypoints per image -> (timed repeats of each kernel, images in the job's features file,
 # timed runs of the job)
 CASES = {2000: (15, 8, 3), 8000: (5, 5, 2), 20000: (3, 3, 1)}
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SECTION = "## Matching (d2 match)"
 
 
@@ -142,21 +142,6 @@ def machine() -> str:
             "(a shared machine: other processes take part of the cores)")
 
 
-def write_section(text: str) -> None:
-    """Replace (or add) this benchmark's section of docs/benchmarks.md; others untouched."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = doc.find(SECTION + "\n")
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + (doc[nxt + 1:] if nxt >= 0 else "")
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    tmp = DOC.with_name(DOC.name + ".tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, DOC)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help=f"update {DOC}")
@@ -182,7 +167,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":
