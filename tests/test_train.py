@@ -16,7 +16,7 @@ from d2cli.errors import UsageError
 from d2cli.model import CONV_INDICES, CONV_NAMES, PREFIX, load_d2net, read_state_dict
 from d2cli.train import Trainer, TrainSettings, parse_layers, train
 from d2cli.train.augment import HomographyRange, random_homography, warp_image
-from d2cli.train.loss import cell_centres, pair_loss, pixels_to_cells
+from d2cli.train.loss import cell_centres, pair_loss, pixels_to_cells, spread_loss
 from d2cli.train.soft_detection import soft_detection_scores
 from d2cli.train.sources import ColmapTracks, DepthScenes, HomographyFolder, open_source
 from d2cli.train.warp import interpolate_depth, warp_depth, warp_homography
@@ -472,3 +472,33 @@ def test_relu_descriptors_option_trains_on_test_time_descriptors(tmp_path):
         a, _ = raw.batch_loss(batch)
         b, _ = relu.batch_loss(batch)
     assert torch.isfinite(a) and torch.isfinite(b) and float(a) != float(b)
+
+
+def test_spread_loss_punishes_collapse_and_not_random_descriptors():
+    g = torch.Generator().manual_seed(0)
+    rand1 = F.normalize(torch.randn(300, 512, generator=g), dim=1)
+    rand2 = F.normalize(torch.randn(400, 512, generator=g), dim=1)
+    assert float(spread_loss(rand1, rand2)) < 1e-4  # cosines of random unit vectors
+    one = F.normalize(torch.ones(1, 512), dim=1)
+    collapsed = F.normalize(one + 0.005 * torch.randn(300, 512, generator=g), dim=1)
+    assert float(spread_loss(collapsed, collapsed)) > 1.0  # mean cosine near 1: 1 + (1 - 1/C)
+    # the paper's loss plus spread x regulariser, exactly
+    f1, f2 = (torch.randn(512, 4, 4, generator=g) for _ in range(2))
+    s = torch.full((4, 4), 1 / 16)
+    cells = torch.tensor([[0, 0], [3, 3], [1, 2]])
+    plain = pair_loss(f1, f2, s, s, cells, cells, safe_radius=1)
+    with_spread = pair_loss(f1, f2, s, s, cells, cells, safe_radius=1, spread=2.0)
+    d1, d2 = (F.normalize(f.reshape(512, -1), dim=0).t() for f in (f1, f2))
+    assert torch.allclose(with_spread, plain + 2.0 * spread_loss(d1, d2))
+
+
+def test_spread_option_changes_the_loss_and_is_validated(tmp_path):
+    plain = Trainer(_settings(), tmp_path / "a")
+    spread = Trainer(_settings(spread=1.0), tmp_path / "b")
+    batch = plain.training_pairs(0)
+    with torch.no_grad():
+        a, _ = plain.batch_loss(batch)
+        b, _ = spread.batch_loss(batch)
+    assert float(b) > float(a)
+    with pytest.raises(UsageError, match="spread"):
+        _settings(spread=-1.0)

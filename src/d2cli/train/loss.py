@@ -63,10 +63,23 @@ def _hardest_negative(d: torch.Tensor, d_all: torch.Tensor, cells: torch.Tensor,
     return (dist + 10 * (cheb <= safe_radius).to(dist.dtype)).min(dim=1).values
 
 
+def spread_loss(d1_all: torch.Tensor, d2_all: torch.Tensor) -> torch.Tensor:
+    """Spread-out regulariser (Zhang et al., ICCV 2017) on the cells of two images.
+
+    d1_all, d2_all: (n1, C), (n2, C) unit descriptors. Almost all of the n1 x n2 pairs are
+    non-matching, so their cosines should look like those of random unit vectors: mean 0 and
+    second moment 1/C. Penalising mean^2 + relu(second moment - 1/C) stops the cheapest way
+    down the triplet loss from a weak start: all descriptors drifting to one direction.
+    """
+    cos = d1_all @ d2_all.t()
+    return cos.mean() ** 2 + F.relu((cos ** 2).mean() - 1.0 / d1_all.shape[1])
+
+
 def pair_loss(features1: torch.Tensor, features2: torch.Tensor, scores1: torch.Tensor,
               scores2: torch.Tensor, cells1: torch.Tensor, cells2: torch.Tensor,
-              margin: float = MARGIN, safe_radius: int = SAFE_RADIUS) -> torch.Tensor | None:
-    """Loss of one image pair.
+              margin: float = MARGIN, safe_radius: int = SAFE_RADIUS,
+              spread: float = 0.0) -> torch.Tensor | None:
+    """Loss of one image pair (+ ``spread`` x ``spread_loss``; 0 is the paper's loss).
 
     features1/2: raw features (C, h1, w1) / (C, h2, w2); scores1/2: soft detection
     scores (h1, w1) / (h2, w2); cells1/2: (N, 2) long, the matching cells (row, col).
@@ -87,4 +100,5 @@ def pair_loss(features1: torch.Tensor, features2: torch.Tensor, scores1: torch.T
     total = weight.sum()
     if not total > 0:
         return None
-    return (weight * F.relu(margin + positive - negative)).sum() / total
+    loss = (weight * F.relu(margin + positive - negative)).sum() / total
+    return loss + spread * spread_loss(d1_all, d2_all) if spread else loss

@@ -71,6 +71,7 @@ class TrainSettings:
     photometric: float | None = None  # None: 1 for homography, 0 (as the paper) otherwise
     checkpoint_every: int = 50  # steps between state saves
     relu_descriptors: bool = False  # loss on relu(F) as matched at test time (reference: raw F)
+    spread: float = 0.0  # weight of the spread-out regulariser (loss.spread_loss); 0: paper
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -81,6 +82,8 @@ class TrainSettings:
                 raise UsageError(f"{name.replace('_', '-')} must be >= {low}")
         if self.crop < 64 or self.crop % 8:
             raise UsageError("crop must be a multiple of 8, at least 64")
+        if not (self.spread >= 0 and math.isfinite(self.spread)):
+            raise UsageError("spread must be a number >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError("lr must be a positive number")
         if not 0 <= self.val_fraction < 1:
@@ -225,7 +228,7 @@ class Trainer:
         losses = []
         for b, (_, (c1, c2)) in enumerate(usable):
             loss = pair_loss(desc[2 * b], desc[2 * b + 1], scores[2 * b], scores[2 * b + 1],
-                             c1, c2, self.s.margin, self.s.safe_radius)
+                             c1, c2, self.s.margin, self.s.safe_radius, self.s.spread)
             if loss is None:
                 skipped += 1
             else:
