@@ -1,12 +1,15 @@
-"""Build the training data of the built-in model ``d2cli-hed-ft`` (one-off, not a runtime need).
+"""Build the training data of the built-in model ``d2cli-v1`` (one-off, not a runtime need).
 
     python scripts/prepare_train_data.py OUT [--skimage-wheel scikit_image-0.26.0-*.whl]
 
 Writes
     OUT/photos/      10 Sacre-Coeur photos (src/d2cli/data/sacre_coeur) + 6 freely licensed
                      photos from the scikit-image 0.26.0 wheel + matplotlib's grace_hopper.jpg
+                     (the data of d2cli-v1: ``d2 train OUT/photos``, recipe in
+                     src/d2cli/weights/PROVENANCE.md)
     OUT/sacre_coeur/ the 10 Sacre-Coeur photos in images/ and a COLMAP model of them in
-                     sparse/0 (pycolmap SIFT, exhaustive matching, incremental mapping)
+                     sparse/0 (pycolmap SIFT, exhaustive matching, incremental mapping), a
+                     COLMAP-tracks source; it made HPatches worse (docs/benchmarks.md)
 
 The scikit-image wheel is only unzipped (get it with ``pip download scikit-image==0.26.0
 --no-deps``); nothing is installed. See src/d2cli/weights/PROVENANCE.md for the licences.

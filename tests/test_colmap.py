@@ -27,7 +27,7 @@ from d2cli.match import match
 from d2cli.pairs import pairs_exhaustive, save_pairs
 from d2cli.reconstruct import MODEL_FILES, reconstruct
 
-# Six photos whose pairs have the most inliers with the built-in model (ids 1, 4, 6, 7, 9, 10
+# Six photos whose pairs had the most inliers with hed-vgg16 (ids 1, 4, 6, 7, 9, 10
 # of the 10). Each has its own camera (six sizes, no EXIF), so intrinsics stay fixed ("auto").
 # Over 6 verification x 2 mapping seeds, incremental mapping registered all 6 (169-511
 # points) 10 times and 3 twice; global mapping registered all 6 (190-378 points) 12 times.
@@ -37,7 +37,10 @@ SUBSET = ["02928139_3448003521.jpg", "17295357_9106075285.jpg", "44120379_837196
 MAX_EDGE = 1024
 MIN_REGISTERED_INCREMENTAL = 3  # of 6
 MIN_REGISTERED_GLOBAL = 5  # of 6
-MAX_REPROJ_PX = 2.0  # observed 1.1-1.4 px
+# mean reprojection error, px; the cameras keep COLMAP's guessed focal length. Observed with
+# d2cli-v1: incremental 1.27 (782 points), global 2.24 (361 points); hed-vgg16: 1.37 / 1.55
+# (215 / 219 points). GLOMAP's global positioning keeps more loosely fitting points.
+MAX_REPROJ_PX = {"sample_model": 2.0, "global_model": 3.0}
 
 
 @pytest.fixture(scope="session")
@@ -304,7 +307,7 @@ def test_reconstruct_sample_subset(request, which, min_registered):
     assert s["images"] == 6 and s["mapper"] == ("global" if which == "global_model"
                                                 else "incremental")
     assert s["registered"] >= min_registered
-    assert 0 < s["mean_reprojection_error"] < MAX_REPROJ_PX
+    assert 0 < s["mean_reprojection_error"] < MAX_REPROJ_PX[which]
     assert s["points3D"] >= 5 * s["registered"] and s["mean_track_length"] >= 2.0
     # one camera per photo: self-calibration is off, the cameras keep COLMAP's guess
     assert s["intrinsics"].startswith("fixed")
@@ -359,7 +362,7 @@ def test_reference_model_triangulation(work, global_model, tmp_path):
     tri = pycolmap.Reconstruction(out)
     assert tri.num_reg_images() == ref.num_reg_images()
     assert tri.num_points3D() >= 0.5 * ref.num_points3D()
-    assert tri.compute_mean_reprojection_error() < MAX_REPROJ_PX
+    assert tri.compute_mean_reprojection_error() < MAX_REPROJ_PX["sample_model"]
     for im in ref.images.values():  # poses and intrinsics are not touched
         if im.has_pose:
             np.testing.assert_allclose(tri.images[im.image_id].cam_from_world().matrix(),

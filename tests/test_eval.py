@@ -33,6 +33,7 @@ from d2cli.eval.pose import (
 )
 from d2cli.extract import ExtractSettings
 from d2cli.io.features import FeatureFile
+from d2cli.weights import DEFAULT_MODEL
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "d2cli" / "data" / "sacre_coeur"
 W, H = 320, 240
@@ -240,7 +241,7 @@ def test_hpatches_mma_matches_the_protocol(hp_run, hp_root):
     out, s = hp_run
     assert s["sequences"] == {"total": 2, "i": 1, "v": 1, "other": 0}
     assert s["pairs"] == {"overall": 10, "i": 5, "v": 5}
-    assert [m["label"] for m in s["methods"]] == ["hed-vgg16", "COLMAP SIFT"]
+    assert [m["label"] for m in s["methods"]] == [DEFAULT_MODEL, "COLMAP SIFT"]
     for m in s["methods"]:
         ref = oracle_hpatches(Path(m["features_file"]), hp_root)
         overall = np.concatenate([ref["acc"]["i"], ref["acc"]["v"]]).sum(0) / 10
@@ -385,7 +386,7 @@ def test_pose_eval_strecha_and_pairs_file(strecha_root, tmp_path, d2):
               "--plot", tmp_path / "pose.png", "--device", "cpu", "--json", check=True)
     s = json.loads(proc.stdout)
     assert s["evaluated_pairs"] == 6 and [m["label"] for m in s["methods"]] == [
-        "hed-vgg16", "COLMAP SIFT"]
+        DEFAULT_MODEL, "COLMAP SIFT"]
     for m in s["methods"]:
         assert len(m["pairs"]) == 6
         assert all(p["inliers"] <= p["matches"] for p in m["pairs"])
@@ -447,6 +448,6 @@ def test_pose_input_problems(strecha_root, tmp_path, d2):
 
 def test_method_labels_name_scales_and_precision():
     from d2cli.extract import ExtractSettings
-    assert d2_method(None, ExtractSettings()).label == "hed-vgg16"
+    assert d2_method(None, ExtractSettings()).label == DEFAULT_MODEL
     assert d2_method(None, ExtractSettings(scales=(0.5, 1, 2), precision="bf16")).label == \
-        "hed-vgg16 MS bf16"
+        f"{DEFAULT_MODEL} MS bf16"

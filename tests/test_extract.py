@@ -19,6 +19,7 @@ import pytest
 from d2cli.extract import ExtractSettings, extract
 from d2cli.io import FeatureFile
 from d2cli.io.h5store import H5Store
+from d2cli.weights import DEFAULT_MODEL
 
 FAST = ["--max-edge", "240", "--quiet"]
 
@@ -54,7 +55,7 @@ def test_layout_and_attributes(d2, images, tmp_path):
     assert summary["extracted"] == 6 and summary["failed"] == {}
     with h5py.File(out) as f:
         assert json.loads(f.attrs["settings_json"])["max_edge"] == 240
-        assert f.attrs["model"] == "hed-vgg16" and len(f.attrs["model_sha256"]) == 64
+        assert f.attrs["model"] == DEFAULT_MODEL and len(f.attrs["model_sha256"]) == 64
         assert f.attrs["image_root"] == str(images.resolve())
         name = next(n for n in read_all(out) if n.startswith("sub/"))
         g = f[name]

@@ -28,6 +28,7 @@ from d2cli.io.features import FeatureFile, MatchFile, pair_key
 from d2cli.io.h5store import list_entries, write_attrs
 from d2cli.match import DescriptorCache, MatchSettings, match, mnn
 from d2cli.pairs import pairs_exhaustive
+from d2cli.weights import DEFAULT_MODEL
 
 SAMPLE_NAMES = ["02928139_3448003521.jpg", "03903474_1471484089.jpg",
                 "10265353_3838484249.jpg", "17295357_9106075285.jpg"]
@@ -293,7 +294,7 @@ def test_round_trip_extract_pairs_match(extracted, tmp_path, d2):
     with h5py.File(tmp_path / "matches.h5", "r") as f, FeatureFile(extracted) as ff:
         keys = list_entries(f)
         assert sorted(keys) == sorted(pair_key(a, b) for a, b in pairs_exhaustive(SAMPLE_NAMES))
-        assert json.loads(f.attrs["features_json"])["model"] == "hed-vgg16"
+        assert json.loads(f.attrs["features_json"])["model"] == DEFAULT_MODEL
         total = 0
         for a, b in pairs_exhaustive(SAMPLE_NAMES):
             g = f[pair_key(a, b)]

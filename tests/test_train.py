@@ -502,3 +502,25 @@ def test_spread_option_changes_the_loss_and_is_validated(tmp_path):
     assert float(b) > float(a)
     with pytest.raises(UsageError, match="spread"):
         _settings(spread=-1.0)
+
+
+def test_warp_option_scales_the_homographies(tmp_path):
+    r = HomographyRange()
+    assert r.scaled(1.0) == r
+    double = r.scaled(2.0)
+    assert double.max_angle == 2 * r.max_angle and double.max_perspective == 2 * r.max_perspective
+    assert double.scale == pytest.approx((r.scale[0] ** 2, r.scale[1] ** 2))
+
+    def mean_cell_motion(warp: float) -> float:
+        src = Trainer(_settings(warp=warp), tmp_path / str(warp)).sources[0]
+        moves = []
+        for seed in range(12):  # the same draws, wider ranges: correspondences move further
+            p = src.pair(0, np.random.default_rng([9, seed]), 128)
+            if p is not None:
+                moves.append(float((p.pos2 - p.pos1).norm(dim=1).mean()))
+        return float(np.mean(moves))
+
+    assert isinstance(Trainer(_settings(warp=0.5), tmp_path / "h").sources[0], HomographyFolder)
+    assert mean_cell_motion(2.0) > mean_cell_motion(1.0) > mean_cell_motion(0.25)
+    with pytest.raises(UsageError, match="warp"):
+        _settings(warp=0.0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from d2cli.errors import BadCheckpoint, UnknownModel
-from d2cli.model import D2Net, load_d2net, output_size, read_state_dict
+from d2cli.model import PREFIX, D2Net, load_d2net, output_size, read_state_dict
 from d2cli.weights import DEFAULT_MODEL, resolve_model
 
 GOLDEN_CONTENT_SHA256 = "58a9ab95de6a1d2c4e692c88a64aeebe8c0269b98831835382c0091ffa8488a6"
@@ -25,9 +25,21 @@ def content_sha256(path) -> str:
 
 
 def test_builtin_is_the_golden_checkpoint():
-    info = resolve_model(DEFAULT_MODEL)
+    info = resolve_model("hed-vgg16")
     assert info.name == "hed-vgg16"
     assert content_sha256(info.path) == GOLDEN_CONTENT_SHA256
+
+
+def test_default_model_is_a_conv4_3_fine_tune_of_hed_vgg16():
+    """d2cli-v1 = d2 train --train-layers conv4_3 from hed-vgg16 (weights/PROVENANCE.md)."""
+    info = resolve_model()
+    assert info.name == DEFAULT_MODEL == "d2cli-v1"
+    trained = torch.load(info.path, map_location="cpu", weights_only=True)["model"]
+    start = torch.load(resolve_model("hed-vgg16").path, map_location="cpu", weights_only=True)["model"]
+    assert trained.keys() == start.keys()
+    for k in start:
+        assert trained[k].dtype == torch.float16 and trained[k].shape == start[k].shape
+        assert torch.equal(trained[k], start[k]) == (not k.startswith(f"{PREFIX}21.")), k
 
 
 def test_bare_and_prefixless_state_dicts_load(tmp_path):

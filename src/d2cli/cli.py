@@ -946,6 +946,8 @@ def show_model_cmd(model_dir, width, out, as_json) -> int:
               help="Loss on ReLU'd descriptors, as matched at test time (reference: raw).")
 @click.option("--spread", default=0.0, show_default=True,
               help="Weight of a spread-out regulariser against descriptor collapse (paper: 0).")
+@click.option("--warp", default=1.0, show_default=True,
+              help="Homography sources: scale the random homographies (angles, zoom, tilt).")
 @click.option("--max-steps", type=int, help="Stop after N steps in this run; re-run to go on.")
 @click.option("--overwrite", is_flag=True, help="Start again, discarding a run in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -953,8 +955,8 @@ def show_model_cmd(model_dir, width, out, as_json) -> int:
 @command
 def train_cmd(data, out, init, train_layers, lr, epochs, steps_per_epoch, batch_size, crop, margin,
               safe_radius, min_matches, val_pairs, val_fraction, seed, preprocessing, max_edge,
-              photometric, checkpoint_every, relu_descriptors, spread, max_steps, overwrite,
-              quiet, as_json) -> int:
+              photometric, checkpoint_every, relu_descriptors, spread, warp, max_steps,
+              overwrite, quiet, as_json) -> int:
     """Fine-tune D2-Net on DATA folders as the paper (stride 8, soft detection, margin loss).
 
     \b
@@ -973,7 +975,7 @@ def train_cmd(data, out, init, train_layers, lr, epochs, steps_per_epoch, batch_
         margin=margin, safe_radius=safe_radius, min_matches=min_matches, val_pairs=val_pairs,
         val_fraction=val_fraction, seed=seed, preprocessing=preprocessing, max_edge=max_edge,
         photometric=photometric, checkpoint_every=checkpoint_every,
-        relu_descriptors=relu_descriptors, spread=spread)
+        relu_descriptors=relu_descriptors, spread=spread, warp=warp)
     with progress_bar("train", "steps", quiet or as_json) as p:
         task = p.add_task("train", total=None, rate="", visible=False)
         recent: list[float] = []

@@ -25,6 +25,12 @@ class HomographyRange:
     max_perspective: float = 0.6  # corner displacement from the projective part, ~fraction
     max_shift: float = 0.15  # translation, fraction of the crop size
 
+    def scaled(self, k: float) -> HomographyRange:
+        """Every range times k (1: these defaults; 2: twice the angles, zoom exponents, tilt)."""
+        return HomographyRange(self.max_angle * k, (self.scale[0] ** k, self.scale[1] ** k),
+                               self.max_aspect * k, self.max_shear * k, self.max_perspective * k,
+                               self.max_shift * k)
+
 
 def random_homography(rng: np.random.Generator, size: int, r: HomographyRange) -> np.ndarray:
     """A 3x3 homography on (x, y, 1) pixel coordinates of a size x size crop, about its centre."""

@@ -373,5 +373,6 @@ def open_source(spec: str, **options: Any) -> PairSource:
     if kind == "colmap":
         return ColmapTracks(root, **{k: v for k, v in options.items()
                                      if k in ("max_edge", "photometric")})
-    return HomographyFolder(root, **{k: v for k, v in options.items()
-                                     if k in ("max_edge", "photometric")})
+    warp = options.get("warp", 1.0)
+    return HomographyFolder(root, warp=HomographyRange().scaled(warp) if warp != 1.0 else None,
+                            **{k: v for k, v in options.items() if k in ("max_edge", "photometric")})

@@ -72,6 +72,7 @@ class TrainSettings:
     checkpoint_every: int = 50  # steps between state saves
     relu_descriptors: bool = False  # loss on relu(F) as matched at test time (reference: raw F)
     spread: float = 0.0  # weight of the spread-out regulariser (loss.spread_loss); 0: paper
+    warp: float = 1.0  # homography sources: scale of the random homographies' ranges
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -82,6 +83,8 @@ class TrainSettings:
                 raise UsageError(f"{name.replace('_', '-')} must be >= {low}")
         if self.crop < 64 or self.crop % 8:
             raise UsageError("crop must be a multiple of 8, at least 64")
+        if not (0 < self.warp <= 3):
+            raise UsageError("warp must be in (0, 3]")
         if not (self.spread >= 0 and math.isfinite(self.spread)):
             raise UsageError("spread must be a number >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -146,6 +149,8 @@ class Trainer:
         opts: dict[str, Any] = {"max_edge": settings.max_edge}
         if settings.photometric is not None:
             opts["photometric"] = settings.photometric
+        if settings.warp != 1.0:
+            opts["warp"] = settings.warp
         self.sources: list[PairSource] = [open_source(spec, **opts) for spec in settings.data]
         self.splits = [split_items(len(src), settings.val_fraction, settings.seed)
                        for src in self.sources]

