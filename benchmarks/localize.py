@@ -22,6 +22,7 @@ matches for SIFT.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import shutil
@@ -43,6 +44,7 @@ from d2cli.localize import localize, read_poses
 from d2cli.match import match
 from d2cli.pairs import pairs_exhaustive
 from d2cli.reconstruct import reconstruct
+from d2cli.weights import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "strecha" / "fountain-P11"
@@ -100,10 +102,11 @@ def evaluate(model: Path, poses_file: Path, gt: dict, mapped: list[str]) -> dict
 
 
 def run_d2(data: Path, work: Path, names: list[str], mapped: list[str], K: np.ndarray,
-           max_edge: int, queries: Path) -> dict:
+           max_edge: int, queries: Path, model: str = DEFAULT_MODEL) -> dict:
     t0 = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
     feats, matches = work / "feats.h5", work / "matches.h5"
-    ex = extract([data / "images" / n for n in names], feats,
+    ex = extract([data / "images" / n for n in names], feats, model=model,
                  settings=ExtractSettings(max_edge=max_edge), device="cpu")
     if ex.failed:
         raise SystemExit(f"extraction failed: {ex.failed}")
@@ -161,6 +164,7 @@ def run_sift(data: Path, work: Path, names: list[str], mapped: list[str], K: np.
                 m0 = -np.ones(d.read_keypoints(ids[q]).shape[0], np.int32)
                 m0[pm[:, 0].astype(np.int64)] = pm[:, 1].astype(np.int32)
                 fm.create_group(pair_key(q, m))["matches0"] = m0
+    write_pairs(work / "pairs-loc.txt", pairs_exhaustive(names, queries=list(QUERIES), refs=mapped))
     r = localize(work / "sift-model", queries, work / "pairs-loc.txt", feats, matches,
                  work / "sift-poses.txt")
     return {"seconds": time.perf_counter() - t0, "result": r}
@@ -194,6 +198,8 @@ def main() -> None:
     ap.add_argument("--max-edge", type=int, default=1024)
     ap.add_argument("--work", type=Path, help="Keep the intermediate files here.")
     ap.add_argument("--write", action="store_true", help="Update docs/benchmarks.md.")
+    ap.add_argument("--model", action="append",
+                    help=f"D2-Net model(s) to compare, repeatable [default: {DEFAULT_MODEL}].")
     args = ap.parse_args()
     names = sorted(p.name for p in (args.data / "images").glob("*.jpg"))
     if len(names) != 11 or not all(q in names for q in QUERIES):
@@ -209,10 +215,11 @@ def main() -> None:
     queries.write_text("".join(f"{q} PINHOLE {size[0]} {size[1]} {p[0]} {p[1]} {p[2]} {p[3]}\n"
                                for q in QUERIES))
     rows = []
-    for label, fn in (("D2-Net (built-in weights)", run_d2), ("COLMAP SIFT", run_sift)):
-        run = fn(args.data, work, names, mapped, K, args.max_edge, queries)
-        ev = evaluate(work / ("model" if fn is run_d2 else "sift-model"),
-                      run["result"].out, gt, mapped)
+    runs = [(f"D2-Net ({m})", functools.partial(run_d2, model=m), work / f"d2-{m}", "model")
+            for m in args.model or [DEFAULT_MODEL]]
+    for label, fn, wdir, model_dir in [*runs, ("COLMAP SIFT", run_sift, work, "sift-model")]:
+        run = fn(args.data, wdir, names, mapped, K, args.max_edge, queries)
+        ev = evaluate(wdir / model_dir, run["result"].out, gt, mapped)
         rows.append((label, ev, run))
         print(f"{label}: {time.strftime('%H:%M:%S')} done in {run['seconds']:.0f} s",
               file=sys.stderr)
