@@ -373,6 +373,5 @@ def open_source(spec: str, **options: Any) -> PairSource:
     if kind == "colmap":
         return ColmapTracks(root, **{k: v for k, v in options.items()
                                      if k in ("max_edge", "photometric")})
-    warp = options.get("warp", 1.0)
-    return HomographyFolder(root, warp=HomographyRange().scaled(warp) if warp != 1.0 else None,
+    return HomographyFolder(root, warp=HomographyRange().scaled(options.get("warp", 1.0)),
                             **{k: v for k, v in options.items() if k in ("max_edge", "photometric")})

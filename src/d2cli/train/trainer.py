@@ -146,11 +146,9 @@ class Trainer:
     def __init__(self, settings: TrainSettings, out: str | os.PathLike) -> None:
         self.s = settings
         self.out = Path(out)
-        opts: dict[str, Any] = {"max_edge": settings.max_edge}
+        opts: dict[str, Any] = {"max_edge": settings.max_edge, "warp": settings.warp}
         if settings.photometric is not None:
             opts["photometric"] = settings.photometric
-        if settings.warp != 1.0:
-            opts["warp"] = settings.warp
         self.sources: list[PairSource] = [open_source(spec, **opts) for spec in settings.data]
         self.splits = [split_items(len(src), settings.val_fraction, settings.seed)
                        for src in self.sources]
