@@ -524,3 +524,16 @@ def test_warp_option_scales_the_homographies(tmp_path):
     assert mean_cell_motion(2.0) > mean_cell_motion(1.0) > mean_cell_motion(0.25)
     with pytest.raises(UsageError, match="warp"):
         _settings(warp=0.0)
+
+
+def test_resume_of_a_state_written_before_spread_and_warp_existed(tmp_path):
+    s = _settings()
+    train(s, tmp_path, max_steps=2)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    for k in ("spread", "warp"):  # what a state of the previous release holds
+        del state["settings"][k]
+    torch.save(state, tmp_path / "state.pt")
+    res = train(s, tmp_path)
+    assert res.resumed_from == 2 and res.steps == 6
+    with pytest.raises(UsageError, match="spread"):  # it ran without the regulariser
+        train(_settings(spread=1.0, epochs=3), tmp_path)

@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -288,8 +288,12 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        if state.get("settings") != self.s.resume_key():
-            old, new = state.get("settings") or {}, self.s.resume_key()
+        new = self.s.resume_key()
+        # a setting added after the state was written ran at its default then
+        defaults = {f.name: f.default for f in fields(TrainSettings)
+                    if f.default is not MISSING and f.name in new}
+        old = {**defaults, **(state.get("settings") or {})}
+        if old != new:
             diff = [k for k in new if old.get(k) != new[k]]
             raise UsageError(
                 f"{self.out}: holds a run with other settings ({', '.join(diff) or 'version'}); "
