@@ -48,6 +48,15 @@ class SfmResult:
     def model(self) -> dict[str, Any]:
         return self.steps.get("reconstruct", {})
 
+    def record(self, name: str, run: Any, did_work: bool) -> None:
+        """Keep a step's summary and failures; re-raise its Ctrl-C; note it if it had nothing to do."""
+        self.steps[name] = run.summary()
+        self.failed.update(run.failed)
+        if getattr(run, "interrupted", False):
+            raise KeyboardInterrupt
+        if not did_work:
+            self.skipped.append(name)
+
     def summary(self) -> dict[str, Any]:
         return {"work": str(self.work), "steps": self.steps, "skipped": self.skipped,
                 "failed": self.failed, "seconds": round(self.seconds, 3)}
@@ -137,12 +146,7 @@ def sfm(
     tick, start = counter("extract")
     ex = extract(images, feats, model=model, settings=extract_settings, device=device,
                  progress=tick, on_start=start)
-    result.steps["extract"] = ex.summary()
-    result.failed.update(ex.failed)
-    if ex.interrupted:
-        raise KeyboardInterrupt
-    if not ex.extracted:
-        result.skipped.append("extract")
+    result.record("extract", ex, bool(ex.extracted))
     step("extract", f"{ex.total - len(ex.failed)} images, {len(ex.extracted)} extracted now")
 
     # 2. pairs: every pair of the images that have features
@@ -169,12 +173,7 @@ def sfm(
                    progress=tick, on_start=start)
     except IncompatibleFeatures as e:
         raise IncompatibleFeatures(f"{e}; or delete {matches} to rematch") from None
-    result.steps["match"] = mt.summary()
-    result.failed.update(mt.failed)
-    if mt.interrupted:
-        raise KeyboardInterrupt
-    if not mt.matched:
-        result.skipped.append("match")
+    result.record("match", mt, bool(mt.matched))
     step("match", f"{len(mt.matched)} pairs matched now, {len(mt.skipped)} already done")
 
     # 4. database
@@ -183,10 +182,7 @@ def sfm(
                        camera_model=camera_model, camera_params=camera_params, verbose=verbose,
                        progress=(lambda s, d, t: progress(f"import:{s}", d, t)) if progress
                        else None)
-    result.steps["import"] = im.summary()
-    result.failed.update(im.failed)
-    if not im.changed:
-        result.skipped.append("import")
+    result.record("import", im, bool(im.changed))
     step("import", f"{im.stats.get('verified_pairs', 0)} verified pairs, "
                    f"{im.verified_now} verified now")
 
