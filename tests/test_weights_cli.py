@@ -167,7 +167,7 @@ def test_retries_within_one_run(server, tmp_path):
     body = server.files["d2/d2_tf.pth"]
     server.cut_once["d2/d2_tf.pth"] = 12345
     seen = []
-    res = fetch_model("d2_tf", retries=2, progress=lambda done, total: seen.append(done))
+    res = fetch_model("d2_tf", retries=2, progress=lambda e: seen.append(e.done))
     assert res.attempts == 2 and res.sha256 == hashlib.sha256(body).hexdigest()
     assert [r for _, r, _ in server.log] == [None, "bytes=12345-"]
     assert seen[-1] == len(body) and 12345 in seen

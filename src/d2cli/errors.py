@@ -10,16 +10,27 @@ Exit codes (documented in the README for shell scripts):
  1    the command ran, but some items (images, pairs, queries) failed
  2    usage or set-up error: bad option, missing/corrupt input, unknown model,
       unwritable output, empty input, output locked by another run
+ 3    internal error (a bug; D2CLI_DEBUG=1 shows the traceback)
  130  interrupted (Ctrl-C / SIGTERM); finished work is saved, re-run to resume
 ====  ==========================================================
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+
+
+def exit_status(result: Any) -> int:
+    """A job result's exit code: 130 if interrupted, 1 if some items failed, else 0."""
+    if getattr(result, "interrupted", False):
+        return EXIT_INTERRUPTED
+    return EXIT_PARTIAL if result.failed else EXIT_OK
 
 
 class D2Error(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import BadImage, EmptyInput, IncompatibleFeatures, InputNotFound, UsageError
+from .device import pick_device
+from .errors import BadImage, IncompatibleFeatures, UsageError
 from .images import (
-    IMAGE_EXTENSIONS,
     PREPROCESSING,
-    find_images,
+    ImageItem,
+    collect_images,
     load_rgb,
     network_input_size,
     preprocess,
@@ -33,6 +34,8 @@ from .images import (
 )
 from .io.features import FeatureFile, Features
 from .io.h5store import H5Store
+from .io.provenance import differences
+from .jobs import ProgressFn, Stage, interruptible
 from .model import load_d2net
 from .pyramid import MULTI_SCALE, SINGLE_SCALE, Keypoints, extract_multiscale
 from .shard import Shard
@@ -81,12 +84,6 @@ class ExtractSettings:
 
 
 @dataclass
-class ImageItem:
-    name: str  # POSIX path relative to the image root: the key in the features file
-    path: Path
-
-
-@dataclass
 class ExtractResult:
     out: Path
     model: str
@@ -109,67 +106,6 @@ class ExtractResult:
             "images_per_second": round(len(self.extracted) / self.seconds, 3) if self.seconds else 0.0,
             "interrupted": self.interrupted,
         }
-
-
-def collect_images(
-    inputs: Sequence[str | os.PathLike] = (),
-    image_list: str | os.PathLike | None = None,
-    image_root: str | os.PathLike | None = None,
-) -> tuple[Path, list[ImageItem]]:
-    """Resolve files/folders or a list file into (image root, items named relative to it)."""
-    if image_list is not None:
-        root = Path(image_root or ".").resolve()
-        lp = Path(image_list)
-        if not lp.is_file():
-            raise InputNotFound(f"{lp}: image list not found")
-        names = [ln.strip() for ln in lp.read_text().splitlines()]
-        items = [ImageItem(n, root / n) for n in dict.fromkeys(n for n in names if n)]
-    else:
-        if not inputs:
-            raise EmptyInput("no images given: pass files or folders, or --image-list")
-        paths = [Path(p) for p in inputs]
-        for p in paths:
-            if not p.exists():
-                raise InputNotFound(f"{p}: no such file or folder")
-        if image_root is not None:
-            root = Path(image_root).resolve()
-        elif len(paths) == 1 and paths[0].is_dir():
-            root = paths[0].resolve()
-        else:
-            parents = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths]
-            root = Path(os.path.commonpath(parents))
-        files: list[Path] = []
-        for p in paths:
-            if p.is_dir():
-                files.extend(find_images(p))
-            else:
-                files.append(p)
-        items = []
-        for f in dict.fromkeys(f.resolve() for f in files):
-            try:
-                name = f.relative_to(root).as_posix()
-            except ValueError:
-                raise UsageError(f"{f} is not under the image root {root}") from None
-            items.append(ImageItem(name, f))
-    if not items:
-        where = image_list or ", ".join(map(str, inputs))
-        raise EmptyInput(f"no images found in {where} ({'/'.join(IMAGE_EXTENSIONS)})")
-    for it in items:
-        if any(c.isspace() for c in it.name):
-            raise UsageError(f"image name {it.name!r} contains whitespace (pairs files cannot hold it)")
-    return root, items
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device} requested but no CUDA GPU is available")
-    return dev
 
 
 class Extractor:
@@ -319,9 +255,6 @@ def _batches(loaded: Iterator[_Loaded], batch_size: int) -> Iterator[list[_Loade
         yield batch
 
 
-ProgressFn = Callable[[str, int | None, str | None], None]
-
-
 def extract(
     inputs: Sequence[str | os.PathLike] = (),
     out: str | os.PathLike = "feats.h5",
@@ -338,13 +271,13 @@ def extract(
     shard: Shard | None = None,
     memory_cap_gb: float | None = None,
     progress: ProgressFn | None = None,
-    on_start: Callable[[int, int], None] | None = None,
 ) -> ExtractResult:
     """Extract D2-Net features of images into an hloc-layout HDF5 file; resumable.
 
     Returns what was done; failed images are listed in ``result.failed`` (name -> reason)
-    and do not stop the others. ``progress(name, num_keypoints, error)`` is called
-    per image; ``on_start(total, todo)`` once. With ``shard``, only that shard's images
+    and do not stop the others. ``progress`` gets one event per image (stage ``extract``);
+    Ctrl-C stops after the batch in flight and keeps what is finished
+    (``result.interrupted``). With ``shard``, only that shard's images
     are extracted, into the shard's part file (images already in ``out`` are skipped).
     """
     t0 = time.perf_counter()
@@ -368,35 +301,33 @@ def extract(
         existing = store.existing_attrs()
         if existing is not None and not overwrite:
             _check_same(existing, attrs, out)
-        if overwrite and existing is not None and _differs(existing, attrs):
+        if overwrite and existing is not None and differences(existing, attrs):
             store.reset()  # settings changed: mixing old and new features is never right
         done = set() if overwrite else store.done() | merged_done
         todo = [it for it in items if it.name not in done]
         result.skipped = [it.name for it in items if it.name in done]
         if batch_size > 1:
             todo = _bucket_by_size(todo, extractor.settings)
-        if on_start:
-            on_start(len(items), len(todo))
-        try:
-            for batch in _batches(_prefetch(extractor, todo, workers), batch_size):
+        stage = Stage(progress, "extract", unit="img")
+        stage.start(len(todo))
+        with interruptible() as stop:
+            for batch in stop.each(_batches(_prefetch(extractor, todo, workers), batch_size)):
                 if batch[0].error is not None:
-                    _fail(result, batch[0].item.name, batch[0].error, progress)
+                    _fail(result, batch[0].item.name, batch[0].error, stage)
                     continue
                 try:
                     kps = extractor.run_batch([b.x for b in batch])
                 except (RuntimeError, MemoryError) as e:  # e.g. out of memory on one huge image
                     for b in batch:
-                        _fail(result, b.item.name, f"{b.item.path}: {str(e).splitlines()[0]}", progress)
+                        _fail(result, b.item.name, f"{b.item.path}: {str(e).splitlines()[0]}", stage)
                     continue
                 for b, kp in zip(batch, kps, strict=True):
                     feats = extractor.finish(kp, *b.fact, b.size)
                     store.add(b.item.name, feats.as_arrays())
                     result.extracted.append(b.item.name)
                     result.keypoints[b.item.name] = len(feats)
-                    if progress:
-                        progress(b.item.name, len(feats), None)
-        except KeyboardInterrupt:
-            result.interrupted = True
+                    stage.advance(b.item.name, keypoints=len(feats))
+        result.interrupted = stop.requested
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -414,30 +345,13 @@ def _bucket_by_size(items: list[ImageItem], settings: ExtractSettings) -> list[I
     return sorted(items, key=lambda it: sizes[it.name])  # stable: name order within a size
 
 
-def _fail(result: ExtractResult, name: str, error: str, progress: ProgressFn | None) -> None:
+def _fail(result: ExtractResult, name: str, error: str, stage: Stage) -> None:
     result.failed[name] = error
-    if progress:
-        progress(name, None, error)
-
-
-COMPARED_ATTRS = ("model_sha256", "settings")
-
-
-def _differs(existing: dict[str, Any], attrs: dict[str, Any]) -> list[str]:
-    out = []
-    for k in COMPARED_ATTRS:
-        if existing.get(k) != attrs.get(k):
-            if k == "settings" and isinstance(existing.get(k), dict):
-                for sk, sv in attrs[k].items():
-                    if existing[k].get(sk) != sv:
-                        out.append(f"{sk}: {existing[k].get(sk)} -> {sv}")
-            else:
-                out.append(f"{k}: {existing.get(k)} -> {attrs.get(k)}")
-    return out
+    stage.advance(name, error=error)
 
 
 def _check_same(existing: dict[str, Any], attrs: dict[str, Any], out: Path) -> None:
-    diff = _differs(existing, attrs)
+    diff = differences(existing, attrs)
     if diff:
         raise IncompatibleFeatures(
             f"{out} holds features made with other settings ({'; '.join(diff)}); "

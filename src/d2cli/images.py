@@ -9,13 +9,14 @@ filter, and 'caffe' / 'torch' preprocessing.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import BadImage
+from .errors import BadImage, EmptyInput, InputNotFound, UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff")
 
@@ -23,6 +24,61 @@ CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
 TORCH_MEAN_RGB = np.array([0.485, 0.456, 0.406])
 TORCH_STD_RGB = np.array([0.229, 0.224, 0.225])
 PREPROCESSING = ("caffe", "torch", "none")
+
+
+@dataclass
+class ImageItem:
+    name: str  # POSIX path relative to the image root: the key in the features file
+    path: Path
+
+
+def collect_images(
+    inputs: Sequence[str | os.PathLike] = (),
+    image_list: str | os.PathLike | None = None,
+    image_root: str | os.PathLike | None = None,
+) -> tuple[Path, list[ImageItem]]:
+    """Resolve files/folders or a list file into (image root, items named relative to it)."""
+    if image_list is not None:
+        root = Path(image_root or ".").resolve()
+        lp = Path(image_list)
+        if not lp.is_file():
+            raise InputNotFound(f"{lp}: image list not found")
+        names = [ln.strip() for ln in lp.read_text().splitlines()]
+        items = [ImageItem(n, root / n) for n in dict.fromkeys(n for n in names if n)]
+    else:
+        if not inputs:
+            raise EmptyInput("no images given: pass files or folders, or --image-list")
+        paths = [Path(p) for p in inputs]
+        for p in paths:
+            if not p.exists():
+                raise InputNotFound(f"{p}: no such file or folder")
+        if image_root is not None:
+            root = Path(image_root).resolve()
+        elif len(paths) == 1 and paths[0].is_dir():
+            root = paths[0].resolve()
+        else:
+            parents = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths]
+            root = Path(os.path.commonpath(parents))
+        files: list[Path] = []
+        for p in paths:
+            if p.is_dir():
+                files.extend(find_images(p))
+            else:
+                files.append(p)
+        items = []
+        for f in dict.fromkeys(f.resolve() for f in files):
+            try:
+                name = f.relative_to(root).as_posix()
+            except ValueError:
+                raise UsageError(f"{f} is not under the image root {root}") from None
+            items.append(ImageItem(name, f))
+    if not items:
+        where = image_list or ", ".join(map(str, inputs))
+        raise EmptyInput(f"no images found in {where} ({'/'.join(IMAGE_EXTENSIONS)})")
+    for it in items:
+        if any(c.isspace() for c in it.name):
+            raise UsageError(f"image name {it.name!r} contains whitespace (pairs files cannot hold it)")
+    return root, items
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:

@@ -31,8 +31,7 @@ import copy
 import json
 import os
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,7 +39,8 @@ from typing import Any
 import numpy as np
 import pycolmap
 
-from .colmap import ImageInfo, check_camera_model, make_camera, quiet_colmap, read_exif
+from .colmap.cameras import ImageInfo, check_camera_model, make_camera, read_exif
+from .colmap.database import quiet_colmap
 from .errors import (
     BadFile,
     D2Error,
@@ -51,14 +51,13 @@ from .errors import (
     UsageError,
 )
 from .images import read_image_size
-from .inloc import alignment_path, read_alignment, read_xyzcut, sample_xyz
-from .io.colmap_model import read_model
+from .io.atomic import write_text_atomic
 from .io.features import FeatureFile, MatchFile
 from .io.pairs import read_pairs
+from .jobs import ProgressFn, Stage, interruptible
+from .references import ModelReference, Reference, ScanReference
 
-ProgressFn = Callable[[str, int, int], None]  # (query name, done, total)
 MIN_POINTS = 4  # P3P needs 3 correspondences, and RANSAC one more to tell poses apart
-CACHE_IMAGES = 256  # reference images whose 3D lookups stay in memory
 
 
 # --------------------------------------------------------------------------- queries
@@ -146,6 +145,7 @@ class LocalizeResult:
     resumed: int = 0  # queries taken from an interrupted run
     ignored_pairs: int = 0  # pairs without a query, or between two queries
     seconds: float = 0.0
+    interrupted: bool = False
 
     def summary(self) -> dict[str, Any]:
         inl = [r.inliers for r in self.results.values()]
@@ -155,132 +155,12 @@ class LocalizeResult:
             "failed": self.failed, "resumed": self.resumed, "ignored_pairs": self.ignored_pairs,
             "median_inliers": float(np.median(inl)) if inl else None,
             "results": {n: asdict(r) for n, r in self.results.items()},
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
         }
 
 
 class QueryFailed(D2Error):
     """One query could not be localised (reported, the others go on)."""
-
-
-# --------------------------------------------------------------------------- references
-class _Reference:
-    """Per reference image, the 3D point under each of its keypoints (NaN where none)."""
-
-    mode = ""
-
-    def __init__(self, ff: FeatureFile) -> None:
-        self.ff = ff
-        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
-
-    def usable(self, name: str) -> bool:
-        raise NotImplementedError
-
-    def _load(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        raise NotImplementedError
-
-    def points(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """(xyz (N, 3) with NaN rows, point ids (N,) or None) for the N keypoints of ``name``."""
-        if name in self._cache:
-            self._cache.move_to_end(name)
-            return self._cache[name]
-        got = self._load(name)
-        self._cache[name] = got
-        if len(self._cache) > CACHE_IMAGES:
-            self._cache.popitem(last=False)
-        return got
-
-
-class _ModelReference(_Reference):
-    """A COLMAP model built from the features file (checked image by image)."""
-
-    mode = "model"
-
-    def __init__(self, ff: FeatureFile, model_dir: Path) -> None:
-        super().__init__(ff)
-        self.rec = read_model(model_dir, "reference model")
-        self.dir = model_dir
-        self.images = {im.name: im for im in self.rec.images.values() if im.has_pose}
-        if not self.images:
-            raise EmptyInput(f"{model_dir}: the reference model has no registered image")
-        if self.rec.num_points3D() == 0:
-            raise EmptyInput(f"{model_dir}: the reference model has no 3D points; triangulate "
-                             "it first (d2 reconstruct --reference-model)")
-
-    def usable(self, name: str) -> bool:
-        return name in self.images
-
-    def _load(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        im = self.images[name]
-        if name not in self.ff:
-            raise IncompatibleFeatures(f"{name}: in the reference model {self.dir} but not in "
-                                       f"features file {self.ff.path}")
-        kp = self.ff.keypoints(name)[:, :2].astype(np.float64)
-        pts = im.points2D
-        if len(pts) != len(kp):
-            raise IncompatibleFeatures(
-                f"{name}: the reference model {self.dir} has {len(pts)} keypoints for this image, "
-                f"features file {self.ff.path} has {len(kp)}: the model was not built from these "
-                "features (use d2 sfm, or d2 colmap-import --reference-model + d2 reconstruct)")
-        if len(kp):
-            xy = np.array([p.xy for p in pts], dtype=np.float64)
-            # the model stores COLMAP's convention (+0.5): point j must be keypoint j
-            err = float(np.abs(xy - 0.5 - kp).max())
-            if err > 0.01:
-                raise IncompatibleFeatures(
-                    f"{name}: keypoints of the reference model {self.dir} differ from features "
-                    f"file {self.ff.path} by up to {err:.2f} px: the model was not built from "
-                    "these features")
-        invalid = pycolmap.INVALID_POINT3D_ID
-        ids = np.array([p.point3D_id if p.point3D_id != invalid else -1 for p in pts],
-                       dtype=np.int64)
-        xyz = np.full((len(pts), 3), np.nan)
-        for j in np.flatnonzero(ids >= 0):
-            xyz[j] = self.rec.points3D[int(ids[j])].xyz
-        return xyz, ids
-
-
-class _ScanReference(_Reference):
-    """InLoc cutouts: ``<scans>/<name>.mat`` holds XYZcut, optionally aligned to the building."""
-
-    mode = "inloc"
-
-    def __init__(self, ff: FeatureFile, scans: Path, alignments: Path | None) -> None:
-        super().__init__(ff)
-        if not scans.is_dir():
-            raise InputNotFound(f"{scans}: InLoc scans folder not found")
-        if alignments is not None and not alignments.is_dir():
-            raise InputNotFound(f"{alignments}: InLoc alignments folder not found")
-        self.dir, self.alignments = scans, alignments
-        self._poses: dict[Path, np.ndarray] = {}
-
-    def scan_path(self, name: str) -> Path:
-        return self.dir / f"{name}.mat"
-
-    def usable(self, name: str) -> bool:
-        return self.scan_path(name).is_file()
-
-    def _load(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        if name not in self.ff:
-            raise IncompatibleFeatures(f"{name}: has a scan in {self.dir} but is not in features "
-                                       f"file {self.ff.path}")
-        xyz_map = read_xyzcut(self.scan_path(name))
-        w, h = self.ff.image_size(name)
-        if w > 0 and (w, h) != (xyz_map.shape[1], xyz_map.shape[0]):
-            raise IncompatibleFeatures(
-                f"{name}: XYZcut is {xyz_map.shape[1]}x{xyz_map.shape[0]} but the features are "
-                f"for a {w}x{h} image")
-        xyz = sample_xyz(xyz_map, self.ff.keypoints(name)[:, :2])
-        if self.alignments is not None:
-            path = alignment_path(self.alignments, name)
-            if path is None or not path.is_file():
-                raise InputNotFound(f"{name}: no InLoc transformations file "
-                                    f"{path or '(not a cutout name)'}")
-            if path not in self._poses:
-                self._poses[path] = read_alignment(path)
-            P = self._poses[path]
-            xyz = xyz @ P[:3, :3].T + P[:3, 3]
-        return xyz, None
 
 
 # --------------------------------------------------------------------------- one query
@@ -310,7 +190,7 @@ def _query_camera(q: Query, ff: FeatureFile, image_dir: Path | None
 
 
 def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
-                     reference: _Reference) -> tuple[np.ndarray, np.ndarray, int, int]:
+                     reference: Reference) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(query keypoint indices (K,), 3D points (K, 3), matches used, references used)."""
     n_q = len(ff.keypoints(q))
     usable = [r for r in refs if reference.usable(r)]
@@ -350,7 +230,7 @@ def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile
 
 
 def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
-                  reference: _Reference, image_dir: Path | None, s: _Settings) -> QueryResult:
+                  reference: Reference, image_dir: Path | None, s: _Settings) -> QueryResult:
     if q.name not in ff:
         raise QueryFailed(f"not in features file {ff.path}")
     if not refs:
@@ -395,16 +275,6 @@ def _fingerprint(path: Path) -> list[Any]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
-
-
 def read_poses(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """An Aachen poses file -> {name: (R (3, 3), t (3,))}, world-to-camera."""
     p = Path(path)
@@ -436,30 +306,70 @@ def _log_line(name: str, r: QueryResult | None, reason: str | None) -> str:
     return f"failed  {name}  {reason}"
 
 
-def _read_partial(path: Path, header: dict[str, Any]
-                  ) -> tuple[dict[str, QueryResult], dict[str, str]]:
-    """Queries finished by an interrupted run with the same inputs and settings."""
-    done: dict[str, QueryResult] = {}
-    failed: dict[str, str] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return done, failed
-    try:
-        if not lines or json.loads(lines[0]) != header:
-            return done, failed
-    except ValueError:
-        return done, failed
-    for line in lines[1:]:
+class Journal:
+    """``poses.txt.partial``: a header (inputs and settings), then one JSON line per query.
+
+    Each finished query is appended and flushed, so a killed or interrupted run loses at
+    most the query in flight; the next run with the same header takes the rest from here.
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path, self.header = path, header
+        self.done: dict[str, QueryResult] = {}
+        self.failed: dict[str, str] = {}
+        self._fh: Any = None
+
+    def load(self, names: set[str]) -> int:
+        """Read what an earlier run with this header finished (of ``names``); how many."""
         try:
-            d = json.loads(line)
-            if "error" in d:
-                failed[d["name"]] = str(d["error"])
-            else:
-                done[d["name"]] = QueryResult(**d)
-        except (ValueError, TypeError, KeyError):  # the line a kill cut short: redo that query
-            continue
-    return done, failed
+            lines = self.path.read_text().splitlines()
+            if not lines or json.loads(lines[0]) != self.header:
+                return 0
+        except (OSError, ValueError):
+            return 0
+        for line in lines[1:]:
+            try:
+                d = json.loads(line)
+                if d["name"] not in names:
+                    continue
+                if "error" in d:
+                    self.failed[d["name"]] = str(d["error"])
+                else:
+                    self.done[d["name"]] = QueryResult(**d)
+            except (ValueError, TypeError, KeyError):  # the line a kill cut short: redo it
+                continue
+        for n in self.done:
+            self.failed.pop(n, None)
+        return len(self.done) + len(self.failed)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.done or name in self.failed
+
+    def __enter__(self) -> Journal:
+        fresh = not (self.done or self.failed)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "w" if fresh else "a")
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot write ({e.strerror})") from None
+        if fresh:
+            self._write(self.header)
+        return self
+
+    def _write(self, d: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(d) + "\n")
+        self._fh.flush()
+
+    def add(self, r: QueryResult) -> None:
+        self.done[r.name] = r
+        self._write(asdict(r))
+
+    def add_failure(self, name: str, error: str) -> None:
+        self.failed[name] = error
+        self._write({"name": name, "error": error})
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
 
 
 # --------------------------------------------------------------------------- the job
@@ -549,14 +459,13 @@ def localize(
     header = {"d2 localize": 1, "settings": asdict(settings), "inputs": [
         _fingerprint(Path(p)) for p in (ref_path, queries, pairs, features, matches)],
         "inloc_alignments": str(inloc_alignments) if inloc_alignments else None}
-    partial = Path(str(out) + ".partial")
 
     with FeatureFile(features) as ff, MatchFile(matches) as mf, quiet_colmap(verbose):
         if inloc_scans is not None:
-            reference: _Reference = _ScanReference(
+            reference: Reference = ScanReference(
                 ff, Path(inloc_scans), Path(inloc_alignments) if inloc_alignments else None)
         else:
-            reference = _ModelReference(ff, Path(reference_model))
+            reference = ModelReference(ff, Path(reference_model))
         result = LocalizeResult(out=out, log=log_path, reference=ref_path, mode=reference.mode,
                                 queries=len(query_list), ignored_pairs=ignored)
         root = image_dir if image_dir is not None else ff.attrs.get("image_root")
@@ -564,41 +473,33 @@ def localize(
             raise InputNotFound(f"{image_dir}: image folder not found")
         img_dir = Path(root) if root and Path(root).is_dir() else None
 
-        done, failed = ({}, {}) if overwrite else _read_partial(partial, header)
-        done = {k: v for k, v in done.items() if k in qnames}
-        failed = {k: v for k, v in failed.items() if k in qnames and k not in done}
-        result.resumed = len(done) + len(failed)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fresh = not (done or failed)
-            fh = open(partial, "w" if fresh else "a")
-        except OSError as e:
-            raise OutputError(f"{partial}: cannot write ({e.strerror})") from None
-        with fh:
-            if fresh:
-                fh.write(json.dumps(header) + "\n")
-            for i, q in enumerate(query_list):
-                if q.name not in done and q.name not in failed:
-                    try:
-                        r = _localize_one(q, refs[q.name], ff, mf, reference, img_dir, settings)
-                        done[q.name] = r
-                        fh.write(json.dumps(asdict(r)) + "\n")
-                    except QueryFailed as e:
-                        failed[q.name] = str(e)
-                        fh.write(json.dumps({"name": q.name, "error": str(e)}) + "\n")
-                    fh.flush()
-                if progress:
-                    progress(q.name, i + 1, len(query_list))
-
+        journal = Journal(Path(str(out) + ".partial"), header)
+        result.resumed = 0 if overwrite else journal.load(qnames)
+        stage = Stage(progress, "localize", unit="queries")
+        stage.start(len(query_list), done=result.resumed)
+        with journal, interruptible() as stop:
+            for q in stop.each(q for q in query_list if q.name not in journal):
+                try:
+                    journal.add(_localize_one(q, refs[q.name], ff, mf, reference, img_dir,
+                                              settings))
+                    stage.advance(q.name)
+                except QueryFailed as e:
+                    journal.add_failure(q.name, str(e))
+                    stage.advance(q.name, error=f"{q.name}: {e}")
+    done, failed = journal.done, journal.failed
     # query-file order in every output
     result.results = {q.name: done[q.name] for q in query_list if q.name in done}
     result.failed = {q.name: f"{q.name}: {failed[q.name]}" for q in query_list
                      if q.name in failed}
-    _write_atomic(out, "".join(r.pose_line(full_names) + "\n" for r in result.results.values()))
-    _write_atomic(log_path, f"# d2 localize: {len(result.results)} of {len(query_list)} queries "
+    if stop.requested:  # the journal keeps what is done; out and the log are for complete runs
+        result.interrupted = True
+        result.seconds = time.perf_counter() - t0
+        return result
+    write_text_atomic(out, "".join(r.pose_line(full_names) + "\n" for r in result.results.values()))
+    write_text_atomic(log_path, f"# d2 localize: {len(result.results)} of {len(query_list)} queries "
                             f"localised against {ref_path}\n" + "".join(
                                 _log_line(q.name, done.get(q.name), failed.get(q.name)) + "\n"
                                 for q in query_list))
-    partial.unlink(missing_ok=True)
+    journal.path.unlink(missing_ok=True)
     result.seconds = time.perf_counter() - t0
     return result

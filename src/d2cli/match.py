@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +27,13 @@ import numpy as np
 import torch
 
 from . import __version__
+from .device import pick_device
 from .errors import D2Error, EmptyInput, IncompatibleFeatures, UsageError
-from .extract import pick_device
 from .io.features import FeatureFile, MatchFile, matches_to_arrays, pair_key
 from .io.h5store import H5Store
 from .io.pairs import normalize_pairs, read_pairs
+from .io.provenance import differences
+from .jobs import ProgressFn, Stage, interruptible
 from .shard import Shard
 
 Pair = tuple[str, str]
@@ -172,24 +174,6 @@ class MatchSettings:
         return {"matcher": "mnn", "ratio": self.ratio, "max_distance": self.max_distance}
 
 
-def feature_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """What differs between the attributes of two features files ("key: a vs b").
-
-    Only what both files record is compared (a foreign file without attributes passes).
-    """
-    out = []
-    sha_a, sha_b = a.get("model_sha256"), b.get("model_sha256")
-    if sha_a and sha_b and sha_a != sha_b:
-        out.append(f"model: {a.get('model')} ({str(sha_a)[:12]}) vs "
-                   f"{b.get('model')} ({str(sha_b)[:12]})")
-    sa, sb = a.get("settings"), b.get("settings")
-    if isinstance(sa, dict) and isinstance(sb, dict):
-        for k in sorted(set(sa) | set(sb)):
-            if sa.get(k) != sb.get(k):
-                out.append(f"{k}: {sa.get(k)} vs {sb.get(k)}")
-    return out
-
-
 # --------------------------------------------------------------------------- reading
 class DescriptorCache:
     """Descriptors as (N, D) float32 tensors, read from the file once while still needed.
@@ -328,20 +312,16 @@ class MatchResult:
         }
 
 
-ProgressFn = Callable[[Pair, int | None, str | None], None]
-
-
 def _check_existing(existing: dict[str, Any], attrs: dict[str, Any], out: Path) -> list[str]:
     """Why the matches already in ``out`` must not be mixed with this run's (empty: fine)."""
-    diff = [f"{d} (features)" for d in feature_differences(existing.get("features") or {},
-                                                          attrs["features"])]
+    diff = [f"{d} (features)" for d in differences(existing.get("features") or {},
+                                                  attrs["features"], both_recorded=True)]
     old_ref = existing.get("features_ref") or existing.get("features") or {}
     new_ref = attrs.get("features_ref") or attrs["features"]
-    diff += [f"{d} (reference features)" for d in feature_differences(old_ref, new_ref)]
-    old_s, new_s = existing.get("settings"), attrs["settings"]
-    if isinstance(old_s, dict):
-        diff += [f"{k}: {old_s.get(k)} -> {new_s.get(k)}" for k in sorted(new_s)
-                 if old_s.get(k) != new_s.get(k)]
+    diff += [f"{d} (reference features)"
+             for d in differences(old_ref, new_ref, both_recorded=True)]
+    if isinstance(existing.get("settings"), dict):  # a foreign file records no settings
+        diff += differences(existing, attrs, keys=("settings",))
     return diff
 
 
@@ -360,7 +340,6 @@ def match(
     commit_every: int = 32,
     shard: Shard | None = None,
     progress: ProgressFn | None = None,
-    on_start: Callable[[int, int], None] | None = None,
 ) -> MatchResult:
     """Match every pair of a pairs file (or list) into an hloc-layout matches file; resumable.
 
@@ -369,7 +348,8 @@ def match(
     made with different models or settings, here or in an existing ``out``, are refused
     unless ``force``. A pair naming an image missing from its features file fails alone:
     see ``result.failed``. Finished pairs are committed ``commit_every`` at a time (and at
-    least every 10 s). ``progress(pair, num_matches, error)`` is called per pair. With
+    least every 10 s). ``progress`` gets one event per pair (stage ``match``); Ctrl-C
+    stops after the pair in flight and keeps what is finished (``result.interrupted``). With
     ``shard``, only that shard's pairs are matched, into the shard's part file (pairs already
     in ``out`` are skipped).
     """
@@ -395,7 +375,7 @@ def match(
                                  "settings": settings.as_dict()}
         if features_ref is not None:
             attrs["features_ref"] = ff1.attrs
-            diff = feature_differences(ff0.attrs, ff1.attrs)
+            diff = differences(ff0.attrs, ff1.attrs, both_recorded=True, arrow=" vs ")
             if diff and not force:
                 raise IncompatibleFeatures(
                     f"{ff0.path} and {ff1.path} were made differently ({'; '.join(diff)}); "
@@ -424,45 +404,43 @@ def match(
                     missing[(a, b)] = f"pair {a} {b}: {b} is not in features file {ff1.path}"
                 else:
                     todo.append((a, b))
-            if on_start:
-                on_start(len(pair_list), len(todo) + len(missing))
+            stage = Stage(progress, "match", unit="pairs")
+            stage.start(len(todo) + len(missing))
             for p, reason in missing.items():
-                _fail(result, p, reason, progress)
+                _fail(result, p, reason, stage)
             ref = 0 if ff1 is ff0 else 1  # one cache entry per image when there is one file
             accesses = [(i, n) for a, b in todo for i, n in ((0, a), (ref, b))]
             cache = DescriptorCache([ff0, ff1], accesses, cache_bytes,
                                     device=dev if dev.type == "cuda" else None)
             result.images = len(set(accesses))
-            stop = threading.Event()
             t_match = time.perf_counter()
+            reader_done = threading.Event()
             try:
-                for k, d0, d1, error in _read_ahead(cache, len(todo), 2, stop):
-                    a, b = todo[k]
-                    if error is not None:
-                        _fail(result, (a, b), error, progress)
-                        continue
-                    if d0.shape[1] != d1.shape[1]:
-                        _fail(result, (a, b), f"pair {a} {b}: descriptor sizes differ "
-                                              f"({d0.shape[1]} vs {d1.shape[1]})", progress)
-                        continue
-                    m, sc = mnn(d0.to(dev), d1.to(dev), ratio=settings.ratio,
-                                max_distance=settings.max_distance, tile=tile)
-                    store.add(pair_key(a, b), matches_to_arrays(m.numpy(), sc.numpy(),
-                                                                d0.shape[0], d1.shape[0]))
-                    result.matched.append((a, b))
-                    result.num_matches.append(len(m))
-                    if progress:
-                        progress((a, b), len(m), None)
-            except KeyboardInterrupt:
-                result.interrupted = True
+                with interruptible() as stop:
+                    for k, d0, d1, error in stop.each(_read_ahead(cache, len(todo), 2, reader_done)):
+                        a, b = todo[k]
+                        if error is not None:
+                            _fail(result, (a, b), error, stage)
+                            continue
+                        if d0.shape[1] != d1.shape[1]:
+                            _fail(result, (a, b), f"pair {a} {b}: descriptor sizes differ "
+                                                  f"({d0.shape[1]} vs {d1.shape[1]})", stage)
+                            continue
+                        m, sc = mnn(d0.to(dev), d1.to(dev), ratio=settings.ratio,
+                                    max_distance=settings.max_distance, tile=tile)
+                        store.add(pair_key(a, b), matches_to_arrays(m.numpy(), sc.numpy(),
+                                                                    d0.shape[0], d1.shape[0]))
+                        result.matched.append((a, b))
+                        result.num_matches.append(len(m))
+                        stage.advance(f"{a} {b}", matches=len(m))
+                result.interrupted = stop.requested
             finally:
-                stop.set()
+                reader_done.set()
                 result.descriptor_reads = cache.reads
                 result.seconds = time.perf_counter() - t_match
     return result
 
 
-def _fail(result: MatchResult, pair: Pair, error: str, progress: ProgressFn | None) -> None:
+def _fail(result: MatchResult, pair: Pair, error: str, stage: Stage) -> None:
     result.failed[f"{pair[0]} {pair[1]}"] = error
-    if progress:
-        progress(pair, None, error)
+    stage.advance(f"{pair[0]} {pair[1]}", error=error)

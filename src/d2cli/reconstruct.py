@@ -22,16 +22,17 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pycolmap
 
-from .colmap import UNUSABLE_CONFIGS, open_database, quiet_colmap
+from .colmap.database import open_database, quiet_colmap
+from .colmap.importer import UNUSABLE_CONFIGS
 from .errors import EmptyInput, InputNotFound, OutputError, PartialFailure, UsageError
 from .io.colmap_model import read_model
+from .jobs import ProgressFn, Stage
 
 MAPPERS = ("incremental", "global")
 INTRINSICS = ("auto", "refine", "fixed")
@@ -39,7 +40,6 @@ SHARED_CAMERA_MIN_IMAGES = 3  # a camera seen by this many images is worth self-
 ABS_POSE_MIN_NUM_INLIERS = 15  # COLMAP: 30 (see incremental_options)
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin", "frames.bin", "rigs.bin")
 
-ProgressFn = Callable[[str, int, int], None]  # (event, registered images, total images)
 
 
 def default_threads() -> int:
@@ -91,6 +91,8 @@ class ReconstructResult:
     models: list[ModelStats] = field(default_factory=list)  # largest first
     unregistered: list[str] = field(default_factory=list)  # database images not in the model
     seconds: float = 0.0
+    failed: dict[str, str] = field(default_factory=dict)  # the run protocol's; mapping fails whole
+    interrupted: bool = False
 
     @property
     def best(self) -> ModelStats | None:
@@ -255,8 +257,8 @@ def reconstruct(
     Triangulation never changes the reference model's intrinsics.
     ``num_threads``: default the cores this process may use. ``seed`` makes runs
     repeatable. ``options``: nested dict of pycolmap pipeline options for the rest.
-    ``progress(event, registered, total)`` is called as images are registered
-    (incremental mapping and triangulation; global mapping reports start and end only).
+    ``progress`` gets an event as images are registered (stage ``mapping``; global
+    mapping and triangulation report their start and end only).
     """
     t0 = time.perf_counter()
     database, out = Path(database), Path(out)
@@ -327,48 +329,37 @@ def _run(database: Path, images: Path, work: Path, result: ReconstructResult, ma
          options: dict[str, Any] | None, progress: ProgressFn | None,
          ) -> list[pycolmap.Reconstruction]:
     total = result.total_images
-    registered = [0]
 
-    def on_init() -> None:  # the initial pair was registered (a new model starts)
-        registered[0] = 2
-        if progress:
-            progress("init", 2, total)
-
-    def on_next() -> None:
-        registered[0] += 1
-        if progress:
-            progress("next", registered[0], total)
+    def best(recs: Any) -> int:
+        return max((r.num_reg_images() for r in recs), default=0)
 
     work.mkdir(parents=True, exist_ok=True)
     if reference_model is not None:
         ref = _load_reference(Path(reference_model), database)
         opts = _merge_options(incremental_options(threads, seed, min_num_matches, False, colors),
                               options, "IncrementalPipelineOptions")
-        if progress:
-            progress("triangulate", 0, total)
+        stage = Stage(progress, "triangulating", total, unit="img")
+        stage.start(total)
         rec = pycolmap.triangulate_points(ref, database, images, work, clear_points=True,
                                           options=opts, refine_intrinsics=False)
-        if progress:
-            progress("done", rec.num_reg_images(), total)
+        stage.update(rec.num_reg_images())
         return [rec]
     if mapper == "global":
         gopts = _merge_options(global_options(threads, seed, min_num_matches, refine), options,
                                "GlobalPipelineOptions")
-        if progress:
-            progress("global", 0, total)
+        stage = Stage(progress, "global mapping", total, unit="img")
+        stage.start(total)
         recs = pycolmap.global_mapping(database, images, work, options=gopts)
-        if progress:
-            best = max((r.num_reg_images() for r in recs.values()), default=0)
-            progress("done", best, total)
+        stage.update(best(recs.values()))
         return list(recs.values())
     iopts = _merge_options(incremental_options(threads, seed, min_num_matches, refine, colors),
                            options, "IncrementalPipelineOptions")
-    recs = pycolmap.incremental_mapping(database, images, work, options=iopts,
-                                        initial_image_pair_callback=on_init,
-                                        next_image_callback=on_next)
-    if progress:
-        best = max((r.num_reg_images() for r in recs.values()), default=0)
-        progress("done", best, total)
+    stage = Stage(progress, "mapping", total, unit="img")
+    recs = pycolmap.incremental_mapping(
+        database, images, work, options=iopts,
+        # the initial pair of a (new) model, then one image at a time
+        initial_image_pair_callback=lambda: stage.update(2), next_image_callback=stage.advance)
+    stage.update(best(recs.values()))
     return list(recs.values())
 
 

@@ -16,24 +16,25 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .colmap import colmap_import, database_stats
+from .colmap.database import database_stats
+from .colmap.importer import colmap_import
 from .errors import IncompatibleFeatures, OutputError, UsageError
 from .extract import ExtractSettings, extract
+from .io.atomic import write_json_atomic
 from .io.features import FeatureFile
 from .io.pairs import read_pairs
+from .jobs import ProgressFn, Stage, relabel
 from .match import MatchSettings, match
 from .pairs import pairs_exhaustive, save_pairs
 from .reconstruct import MODEL_FILES, reconstruct
 
 STEPS = ("extract", "pairs", "match", "import", "reconstruct")
 
-StepFn = Callable[[str, str], None]  # (step, one-line status) when a step starts or ends
-ProgressFn = Callable[[str, int, int | None], None]  # (step, done, total)
 
 
 @dataclass
@@ -43,23 +44,26 @@ class SfmResult:
     skipped: list[str] = field(default_factory=list)  # steps that found nothing to do
     failed: dict[str, str] = field(default_factory=dict)  # images / pairs that failed
     seconds: float = 0.0
+    interrupted: bool = False  # a step was interrupted: what it finished is kept in work/
 
     @property
     def model(self) -> dict[str, Any]:
         return self.steps.get("reconstruct", {})
 
-    def record(self, name: str, run: Any, did_work: bool) -> None:
-        """Keep a step's summary and failures; re-raise its Ctrl-C; note it if it had nothing to do."""
+    def record(self, name: str, run: Any, did_work: bool) -> bool:
+        """Keep a step's summary and failures, note it if it had nothing to do; False if the
+        step was interrupted (the run stops there)."""
         self.steps[name] = run.summary()
         self.failed.update(run.failed)
-        if getattr(run, "interrupted", False):
-            raise KeyboardInterrupt
+        self.interrupted = run.interrupted
         if not did_work:
             self.skipped.append(name)
+        return not self.interrupted
 
     def summary(self) -> dict[str, Any]:
         return {"work": str(self.work), "steps": self.steps, "skipped": self.skipped,
-                "failed": self.failed, "seconds": round(self.seconds, 3)}
+                "failed": self.failed, "seconds": round(self.seconds, 3),
+                "interrupted": self.interrupted}
 
 
 def _stamp(path: Path) -> dict[str, Any] | None:
@@ -67,15 +71,6 @@ def _stamp(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_stamp(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
 
 
 def sfm(
@@ -94,7 +89,6 @@ def sfm(
     intrinsics: str = "auto",
     device: str = "auto",
     verbose: bool = False,
-    on_step: StepFn | None = None,
     progress: ProgressFn | None = None,
 ) -> SfmResult:
     """Images -> COLMAP model in ``work/`` (layout: module doc); every step resumes.
@@ -103,9 +97,11 @@ def sfm(
     :func:`~d2cli.colmap.colmap_import`, :func:`~d2cli.reconstruct.reconstruct`); with
     ``camera_params`` the intrinsics stay fixed unless ``intrinsics="refine"``.
 
+    ``progress`` gets the events of every step (stage ``extract``, ``match``,
+    ``import <stage>``, ``mapping``) and a status line (stage ``sfm``) as each step ends.
     Failed images and pairs are listed in ``result.failed`` and do not stop the run;
-    a KeyboardInterrupt leaves every finished step (and the finished part of the
-    current one) in ``work/`` for the next run.
+    Ctrl-C stops the step in flight (``result.interrupted``) and leaves every finished
+    step, and the finished part of the current one, in ``work/`` for the next run.
     """
     t0 = time.perf_counter()
     if camera_params is not None and intrinsics == "auto":
@@ -123,34 +119,20 @@ def sfm(
     database, sparse, stamp_path = work / "database.db", work / "sparse", work / "sfm.json"
     result = SfmResult(work=work)
 
-    def step(name: str, status: str) -> None:
-        if on_step:
-            on_step(name, status)
+    status = Stage(progress, "sfm")
 
-    def counter(name: str) -> tuple[Callable[..., None], Callable[[int, int], None]]:
-        done = [0]
-
-        def tick(*_: Any) -> None:
-            done[0] += 1
-            if progress:
-                progress(name, done[0], None)
-
-        def start(total: int, todo: int) -> None:
-            if progress:
-                progress(name, 0, todo)
-
-        return tick, start
+    def done() -> SfmResult:
+        result.seconds = time.perf_counter() - t0
+        return result
 
     # 1. features
-    step("extract", "start")
-    tick, start = counter("extract")
     ex = extract(images, feats, model=model, settings=extract_settings, device=device,
-                 progress=tick, on_start=start)
-    result.record("extract", ex, bool(ex.extracted))
-    step("extract", f"{ex.total - len(ex.failed)} images, {len(ex.extracted)} extracted now")
+                 progress=progress)
+    if not result.record("extract", ex, bool(ex.extracted)):
+        return done()
+    status.say(f"extract: {ex.total - len(ex.failed)} images, {len(ex.extracted)} extracted now")
 
     # 2. pairs: every pair of the images that have features
-    step("pairs", "start")
     with FeatureFile(feats) as ff:
         names = sorted(ff.names)
         image_root = ff.attrs.get("image_root")
@@ -163,31 +145,28 @@ def sfm(
         save_pairs(pair_list, pairs_path, method="exhaustive")
     result.steps["pairs"] = {"out": str(pairs_path), "pairs": len(pair_list),
                              "images": len(names)}
-    step("pairs", f"{len(pair_list)} pairs of {len(names)} images")
+    status.say(f"pairs: {len(pair_list)} pairs of {len(names)} images")
 
     # 3. matches
-    step("match", "start")
-    tick, start = counter("match")
     try:
         mt = match(pairs_path, feats, matches, settings=match_settings, device=device,
-                   progress=tick, on_start=start)
+                   progress=progress)
     except IncompatibleFeatures as e:
         raise IncompatibleFeatures(f"{e}; or delete {matches} to rematch") from None
-    result.record("match", mt, bool(mt.matched))
-    step("match", f"{len(mt.matched)} pairs matched now, {len(mt.skipped)} already done")
+    if not result.record("match", mt, bool(mt.matched)):
+        return done()
+    status.say(f"match: {len(mt.matched)} pairs matched now, {len(mt.skipped)} already done")
 
     # 4. database
-    step("import", "start")
     im = colmap_import(database, feats, matches, pairs=pairs_path, camera_mode=camera_mode,
                        camera_model=camera_model, camera_params=camera_params, verbose=verbose,
-                       progress=(lambda s, d, t: progress(f"import:{s}", d, t)) if progress
-                       else None)
-    result.record("import", im, bool(im.changed))
-    step("import", f"{im.stats.get('verified_pairs', 0)} verified pairs, "
-                   f"{im.verified_now} verified now")
+                       progress=relabel(progress, "import {}"))
+    if not result.record("import", im, bool(im.changed)):
+        return done()
+    status.say(f"import: {im.stats.get('verified_pairs', 0)} verified pairs, "
+               f"{im.verified_now} verified now")
 
     # 5. model: skipped when made from this very database with these settings
-    step("reconstruct", "start")
     settings = {"mapper": mapper, "seed": seed, "intrinsics": intrinsics}
     made_from = {"database": database_stats(database), "settings": settings}
     old = _stamp(stamp_path)
@@ -200,11 +179,9 @@ def sfm(
         rc = reconstruct(
             database, sparse, image_dir=image_root if image_root and Path(image_root).is_dir()
             else None, mapper=mapper, num_threads=num_threads, seed=seed,
-            intrinsics=intrinsics, verbose=verbose,
-            progress=(lambda e, r, t: progress("reconstruct", r, t)) if progress else None)
+            intrinsics=intrinsics, verbose=verbose, progress=progress)
         result.steps["reconstruct"] = rc.summary()
-        _write_stamp(stamp_path, {"made_from": made_from, "summary": rc.summary()})
+        write_json_atomic(stamp_path, {"made_from": made_from, "summary": rc.summary()})
     s = result.steps["reconstruct"]
-    step("reconstruct", f"{s['registered']}/{s['images']} images registered")
-    result.seconds = time.perf_counter() - t0
-    return result
+    status.say(f"reconstruct: {s['registered']}/{s['images']} images registered")
+    return done()

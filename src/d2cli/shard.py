@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 
 from .errors import IncompatibleFeatures, UsageError
 from .io.h5store import H5Store, list_entries, open_h5, read_attrs
+from .io.provenance import differences
 
 T = TypeVar("T")
 
@@ -82,10 +84,12 @@ def _same_entry(a: h5py.Group, b: h5py.Group) -> bool:
     return all(np.array_equal(a[k][()], b[k][()]) for k in a)
 
 
-def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeResult:
+def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+          remove_parts: bool = False) -> MergeResult:
     """Merge feature or match part files into ``out`` (crash-safe, atomic).
 
     Refuses parts whose models/settings differ, and names seen twice with different data.
+    ``remove_parts``: delete the part files once ``out`` holds them.
     """
     if not parts:
         raise UsageError("nothing to merge: give part files")
@@ -95,16 +99,18 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeRe
         with open_h5(p) as f:
             attrs.append(read_attrs(f))
     for p, a in zip(paths[1:], attrs[1:], strict=True):
-        diff = [k for k in MERGE_KEYS if a.get(k) != attrs[0].get(k)]
+        diff = differences(attrs[0], a, keys=MERGE_KEYS)
         if diff:
             raise IncompatibleFeatures(
-                f"{p} was made with other {', '.join(diff)} than {paths[0]}; refusing to merge")
+                f"{p} was made differently from {paths[0]} ({'; '.join(diff)}); refusing to merge")
     result = MergeResult(Path(out), paths)
     seen: dict[str, Path] = {}
     with H5Store(out, attrs=attrs[0]) as store:
         existing = store.existing_attrs()
-        if existing is not None and any(existing.get(k) != attrs[0].get(k) for k in MERGE_KEYS):
-            raise IncompatibleFeatures(f"{out} already holds data made with other settings")
+        diff = [] if existing is None else differences(existing, attrs[0], keys=MERGE_KEYS)
+        if diff:
+            raise IncompatibleFeatures(
+                f"{out} already holds data made with other settings ({'; '.join(diff)})")
         for p in paths:
             with h5py.File(p, "r") as f:
                 for name in list_entries(f):
@@ -118,6 +124,10 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> MergeRe
                     seen[name] = p
                     store.add(name, {k: v[()] for k, v in f[name].items()})
                     result.entries += 1
+    if remove_parts:
+        for p in paths:
+            if p.resolve() != Path(out).resolve():
+                p.unlink()
     return result
 
 
@@ -157,3 +167,40 @@ class DistributedRun:
     def close(self) -> None:
         if self.dist.is_initialized():
             self.dist.destroy_process_group()
+
+
+@dataclass
+class ShardedRun:
+    """What one process of a sharded job does: its shard (None: all), device and rank."""
+
+    shard: Shard | None
+    device: str
+    rank: int = 0
+
+
+@contextmanager
+def sharded(out: str | os.PathLike, shard: str | Shard | None = None,
+            device: str = "auto") -> Iterator[ShardedRun]:
+    """``with sharded(out, "i/n" or None) as run: extract(..., shard=run.shard, device=run.device)``.
+
+    An explicit shard runs alone (combine the parts with :func:`merge`). Under torchrun
+    with several ranks and no explicit shard, each rank takes its own shard and, once all
+    are done, rank 0 merges the parts into ``out`` and removes them.
+    """
+    explicit = parse_shard(shard) if isinstance(shard, str) else shard
+    auto = torchrun_shard()
+    if explicit is not None or auto is None:
+        yield ShardedRun(explicit, device)
+        return
+    dist = DistributedRun(device)
+    try:
+        yield ShardedRun(auto, dist.device, dist.rank)
+        dist.barrier()
+        if dist.rank == 0:
+            parts = [Shard(i, auto.count).part_path(out) for i in range(auto.count)]
+            merge(parts, out)
+            for p in parts:
+                p.unlink()
+        dist.barrier()
+    finally:
+        dist.close()

@@ -30,8 +30,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from .colmap.database import open_database
 from .errors import BadFile, EmptyInput, InputNotFound, MissingName, OutputError, UsageError
 from .images import load_rgb
+from .io.atomic import write_atomic
 from .io.colmap_model import read_model
 from .io.features import FeatureFile, MatchFile
 
@@ -113,15 +115,8 @@ def _check_out(out: str | os.PathLike) -> Path:
 
 def _save(fig: Figure, out: Path) -> tuple[int, int]:
     """Write the PNG atomically (temporary file + rename): never a half-written picture."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    with write_atomic(out, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
-        os.replace(tmp, out)
-    except OSError as e:
-        raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     w, h = fig.canvas.get_width_height()
     return int(w), int(h)
 
@@ -331,9 +326,7 @@ def show_matches(
     try:
         root = _image_root(ff, image_dir)
         if db_path is not None:
-            import pycolmap
-
-            with pycolmap.Database.open(str(db_path)) as cdb:
+            with open_database(db_path, create=False) as cdb:
                 def known(n: str) -> bool:
                     return cdb.read_image_with_name(n) is not None
                 loc0 = _locate(name0, known, root, f"database {db_path}")

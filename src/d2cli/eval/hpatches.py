@@ -21,17 +21,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import EmptyInput, InputNotFound
-from ..extract import ImageItem
-from ..images import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS, ImageItem
+from ..jobs import ProgressFn
 from .methods import (
     Method,
     MethodRun,
     PairReader,
-    ProgressFn,
     default_work_dir,
     prepare_work_dir,
-    run_method,
-    unique_labels,
+    run_methods,
 )
 
 # removed by the reference's download.sh (larger than 1600x1200)
@@ -178,6 +176,7 @@ class HPatchesResult:
     cache_dropped: bool = False
     seconds: float = 0.0
     thresholds: tuple[int, ...] = THRESHOLDS
+    interrupted: bool = False
 
     def num_pairs(self, kind: str | None = None) -> int:
         ms = self.methods[0] if self.methods else None
@@ -220,8 +219,10 @@ def evaluate_hpatches(
     items = [it for s in seqs for it in s.images]
     dropped = prepare_work_dir(work, items)
     pairs = [(s.images[0].name, s.images[k].name) for s in seqs for k in range(1, 6)]
-    runs = [run_method(m, root, items, pairs, work, device=device, progress=progress)
-            for m in unique_labels(methods)]
+    runs = run_methods(methods, root, items, pairs, work, device=device, progress=progress)
+    if any(r.interrupted for r in runs):  # the caches keep what is done
+        return HPatchesResult(root, work, seqs, skipped, excluded, [], {}, dropped,
+                              time.perf_counter() - t0, interrupted=True)
 
     readers = [PairReader(r) for r in runs]
     try:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,16 +24,18 @@ import numpy as np
 
 from .. import __version__
 from ..errors import OutputError, UsageError
-from ..extract import ExtractSettings, ImageItem, extract
+from ..extract import ExtractSettings, extract
+from ..images import ImageItem
+from ..io.atomic import write_json_atomic
 from ..io.features import FeatureFile, MatchFile
 from ..io.h5store import H5Store
+from ..jobs import ProgressFn, Stage, interruptible, relabel
 from ..match import match
 from ..pyramid import MULTI_SCALE, SINGLE_SCALE
 from ..weights import ModelInfo, cache_dir, resolve_model
 
 Pair = tuple[str, str]
 # (stage description, done, total): the CLI draws one bar per description
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class MethodRun:
     failed: dict[str, str] = field(default_factory=dict)  # image name -> reason
     seconds_extract: float = 0.0
     seconds_match: float = 0.0
+    interrupted: bool = False
 
     def info(self) -> dict[str, Any]:
         return {
@@ -156,9 +159,7 @@ def prepare_work_dir(work: Path, items: Sequence[ImageItem]) -> bool:
                 p.unlink()
         seen = {}
     seen.update(now)
-    tmp = manifest.with_name("manifest.json.tmp")
-    tmp.write_text(json.dumps({"d2cli_version": __version__, "images": seen}, sort_keys=True))
-    os.replace(tmp, manifest)
+    write_json_atomic(manifest, {"d2cli_version": __version__, "images": seen})
     return changed
 
 
@@ -191,6 +192,8 @@ def run_method(
                         work / f"matches-d2-{_safe(info.name)}-{key}.h5",
                         model=info.name, model_sha256=info.sha256, settings=sdict)
         _extract_d2(run, root, items, info, settings, device, progress)
+        if run.interrupted:
+            return run
     elif method.kind == "sift":
         import pycolmap
 
@@ -201,34 +204,34 @@ def run_method(
                         model="colmap-sift", model_sha256=f"colmap-sift-{pycolmap.__version__}",
                         settings=sdict)
         _extract_sift(run, items, sift, progress)
+        if run.interrupted:
+            return run
     else:
         raise UsageError(f"unknown method kind {method.kind!r}")
     _match(run, pairs, device, progress)
     return run
 
 
+def run_methods(methods: Sequence[Method], root: Path, items: Sequence[ImageItem],
+                pairs: Sequence[Pair], work: Path, *, device: str = "auto",
+                progress: ProgressFn | None = None) -> list[MethodRun]:
+    """:func:`run_method` for each method (unique labels), until one is interrupted."""
+    runs: list[MethodRun] = []
+    for m in unique_labels(methods):
+        runs.append(run_method(m, root, items, pairs, work, device=device, progress=progress))
+        if runs[-1].interrupted:
+            break
+    return runs
+
+
 def _extract_d2(run: MethodRun, root: Path, items: Sequence[ImageItem], info: ModelInfo,
                 settings: ExtractSettings, device: str,
                 progress: ProgressFn | None) -> None:
     t0 = time.perf_counter()
-    stage = f"extract {run.method.label}"
-    state = {"done": 0, "total": 0}
-
-    def on_start(total: int, todo: int) -> None:
-        state["total"] = todo
-        if progress:
-            progress(stage, 0, todo)
-
-    def on_image(name: str, n: int | None, error: str | None) -> None:
-        state["done"] += 1
-        if progress:
-            progress(stage, state["done"], state["total"])
-
     res = extract([it.path for it in items], run.features, model=run.method.model,
-                  settings=settings, image_root=root, device=device, progress=on_image,
-                  on_start=on_start)
-    if res.interrupted:
-        raise KeyboardInterrupt
+                  settings=settings, image_root=root, device=device,
+                  progress=relabel(progress, f"extract {run.method.label}"))
+    run.interrupted = res.interrupted
     run.extracted, run.reused_features = len(res.extracted), len(res.skipped)
     run.failed.update(res.failed)
     run.seconds_extract = time.perf_counter() - t0
@@ -263,15 +266,14 @@ def _extract_sift(run: MethodRun, items: Sequence[ImageItem], sift: SiftSettings
     import pycolmap
 
     t0 = time.perf_counter()
-    stage = f"extract {run.method.label}"
+    stage = Stage(progress, f"extract {run.method.label}", unit="img")
     attrs = {"d2cli_version": __version__, "model": run.model,
              "model_sha256": run.model_sha256, "settings": run.settings}
     with H5Store(run.features, attrs=attrs) as store:
         done = store.done()
         todo = [it for it in items if it.name not in done]
         run.reused_features = len(items) - len(todo)
-        if progress:
-            progress(stage, 0, len(todo))
+        stage.start(len(todo))
         if todo:
             opts = pycolmap.FeatureExtractionOptions(
                 max_image_size=sift.max_image_size, num_threads=os.cpu_count() or 1,
@@ -283,15 +285,17 @@ def _extract_sift(run: MethodRun, items: Sequence[ImageItem], sift: SiftSettings
                 extractor = pycolmap.FeatureExtractor.create(opts, pycolmap.Device.cpu)
             finally:
                 pycolmap.logging.minloglevel = level
-        for i, it in enumerate(todo):
-            bitmap = pycolmap.Bitmap.read(str(it.path), False)
-            if bitmap is None:
-                run.failed[it.name] = f"{it.path}: COLMAP cannot read this image"
-            else:
-                store.add(it.name, sift_features(bitmap, extractor, sift.max_image_size))
-                run.extracted += 1
-            if progress:
-                progress(stage, i + 1, len(todo))
+        with interruptible() as stop:
+            for it in stop.each(todo):
+                bitmap = pycolmap.Bitmap.read(str(it.path), False)
+                if bitmap is None:
+                    run.failed[it.name] = f"{it.path}: COLMAP cannot read this image"
+                    stage.advance(it.name, error=run.failed[it.name])
+                else:
+                    store.add(it.name, sift_features(bitmap, extractor, sift.max_image_size))
+                    run.extracted += 1
+                    stage.advance(it.name)
+        run.interrupted = stop.requested
     run.seconds_extract = time.perf_counter() - t0
 
 
@@ -302,23 +306,10 @@ def _match(run: MethodRun, pairs: Sequence[Pair], device: str,
     with FeatureFile(run.features) as ff:
         have = set(ff.names)
     todo = [(a, b) for a, b in pairs if a in have and b in have]
-    state = {"done": 0, "total": 0}
-
-    def on_start(total: int, n: int) -> None:
-        state["total"] = n
-        if progress:
-            progress(stage, 0, n)
-
-    def on_pair(pair: Pair, n: int | None, error: str | None) -> None:
-        state["done"] += 1
-        if progress:
-            progress(stage, state["done"], state["total"])
-
     if todo:
-        res = match(todo, run.features, run.matches, device=device, progress=on_pair,
-                    on_start=on_start)
-        if res.interrupted:
-            raise KeyboardInterrupt
+        res = match(todo, run.features, run.matches, device=device,
+                    progress=relabel(progress, stage))
+        run.interrupted = res.interrupted
         run.matched, run.reused_matches = len(res.matched), len(res.skipped)
     run.seconds_match = time.perf_counter() - t0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OutputError
+from ..io.atomic import write_atomic
 from .hpatches import KINDS, HPatchesResult
 from .pose import AUC_THRESHOLDS, PoseResult
 
@@ -28,14 +28,9 @@ def _figure(ncols: int, width: float = 5.0):
 
 def _save(plt, fig, path: str | os.PathLike) -> Path:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, bbox_inches="tight", dpi=120)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write the plot ({e.strerror})") from None
+        with write_atomic(path, suffix=".png") as tmp:
+            fig.savefig(tmp, bbox_inches="tight", dpi=120)
     finally:
         plt.close(fig)
     return path

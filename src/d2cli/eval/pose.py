@@ -27,17 +27,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadFile, EmptyInput, InputNotFound, UsageError
-from ..extract import ImageItem
-from ..images import find_images
+from ..images import ImageItem, find_images
+from ..jobs import ProgressFn, Stage
 from .methods import (
     Method,
     MethodRun,
     PairReader,
-    ProgressFn,
     default_work_dir,
     prepare_work_dir,
-    run_method,
-    unique_labels,
+    run_methods,
 )
 
 AUC_THRESHOLDS = (5, 10, 20)
@@ -288,6 +286,7 @@ class PoseResult:
     failed: dict[str, str] = field(default_factory=dict)  # "name0 name1" -> why dropped
     cache_dropped: bool = False
     seconds: float = 0.0
+    interrupted: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -337,8 +336,10 @@ def evaluate_pose(
     dropped = prepare_work_dir(work, present)
     todo = [p for p in pairs if f"{p.name0} {p.name1}" not in failed]
     names = [(p.name0, p.name1) for p in todo]
-    runs = [run_method(m, root, present, names, work, device=device, progress=progress)
-            for m in unique_labels(methods)]
+    runs = run_methods(methods, root, present, names, work, device=device, progress=progress)
+    if any(r.interrupted for r in runs):  # the caches keep what is done
+        return PoseResult(root, work, source, len(pairs), max_error, max_trials, [], failed,
+                          dropped, time.perf_counter() - t0, interrupted=True)
     readers = [PairReader(r) for r in runs]
     try:
         for p in todo:
@@ -350,9 +351,9 @@ def evaluate_pose(
         for r, rd in zip(runs, readers, strict=True):
             ms = PoseMethodScore(r)
             kept = [p for p in todo if f"{p.name0} {p.name1}" not in failed]
-            for i, p in enumerate(kept):
-                if progress:
-                    progress(f"pose {r.method.label}", i, len(kept))
+            stage = Stage(progress, f"pose {r.method.label}", unit="pairs")
+            stage.start(len(kept))
+            for p in kept:
                 pd = rd.get(p.name0, p.name1)
                 est = estimate_relative_pose(pd.kp0, pd.kp1, pd.matches, p.K0, p.K1,
                                              pd.size0, pd.size1, max_error, max_trials)
@@ -363,8 +364,7 @@ def evaluate_pose(
                     r_err, t_err = pose_errors(est[0], est[1], p.T_0to1)
                     ms.pairs.append(PairPose(p.name0, p.name1, len(pd.matches), est[2],
                                              r_err, t_err))
-            if progress:
-                progress(f"pose {r.method.label}", len(kept), len(kept))
+                stage.advance(f"{p.name0} {p.name1}")
             scores.append(ms)
     finally:
         for rd in readers:

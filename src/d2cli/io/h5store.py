@@ -32,9 +32,11 @@ import h5py
 import numpy as np
 
 from ..errors import BadFile, OutputError
+from .atomic import write_atomic
 from .lock import exclusive_lock
 
 COMPACT_AFTER = 64  # merge part files once there are this many
+HDF5_OVERHEAD = 1 << 20  # headers and attributes of one file, at most, for the space check
 
 
 def list_entries(h5: h5py.Group) -> list[str]:
@@ -211,20 +213,11 @@ class H5Store:
         ):
             self.commit()
 
-    def _write_h5(self, target: Path, fill) -> None:
-        tmp = target.with_name(target.name + ".tmp")
-        try:
-            with h5py.File(tmp, "w") as f:
-                write_attrs(f, self.attrs)
-                fill(f)
-            fd = os.open(tmp, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-            os.replace(tmp, target)
-        except OSError as e:
-            if tmp.exists():
-                tmp.unlink()
-            raise OutputError(f"{target}: cannot write ({e.strerror or e})") from None
+    def _write_h5(self, target: Path, fill, data_bytes: int) -> None:
+        need = data_bytes + HDF5_OVERHEAD
+        with write_atomic(target, fsync=True, need_bytes=need) as tmp, h5py.File(tmp, "w") as f:
+            write_attrs(f, self.attrs)
+            fill(f)
 
     def commit(self, wait: bool = False) -> None:
         """Write the buffered entries to a new part file (atomic), in a background thread.
@@ -249,7 +242,8 @@ class H5Store:
 
             def write() -> None:
                 try:
-                    self._write_h5(part, fill)
+                    self._write_h5(part, fill, sum(np.asarray(v).nbytes for arrays in buffer.values()
+                                                   for v in arrays.values()))
                     if len(self._part_files()) >= COMPACT_AFTER:
                         self._compact()
                 except BaseException as e:  # re-raised in the caller's thread
@@ -275,7 +269,7 @@ class H5Store:
                     for name in list_entries(s):
                         _copy_entry(s, f, name)
 
-        self._write_h5(target, fill)
+        self._write_h5(target, fill, sum(s.stat().st_size for s in sources))
 
     def _compact(self) -> None:
         """Merge all parts into one (same entries: a crash in between only duplicates)."""

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import BadFile, InputNotFound, UsageError
+from .atomic import write_text_atomic
 
 
 def check_name(name: str) -> str:
@@ -56,12 +57,5 @@ def write_pairs(path: str | os.PathLike, pairs: Iterable[tuple[str, str]]) -> in
     for a, b in pairs:
         check_name(a)
         check_name(b)
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text("".join(f"{a} {b}\n" for a, b in pairs))
-        os.replace(tmp, p)
-    except OSError as e:
-        raise BadFile(f"{p}: cannot write ({e.strerror})") from None
+    write_text_atomic(path, "".join(f"{a} {b}\n" for a, b in pairs))
     return len(pairs)

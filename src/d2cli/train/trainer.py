@@ -23,10 +23,7 @@ import json
 import math
 import os
 import random
-import signal
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,9 @@ import torch
 
 from ..errors import BadFile, OutputError, UsageError
 from ..images import PREPROCESSING, preprocess
+from ..io.atomic import write_atomic
 from ..io.lock import exclusive_lock
+from ..jobs import ProgressFn, Stage, interruptible
 from ..model import CONV_INDICES, CONV_NAMES, PREFIX, D2Net, read_state_dict
 from ..weights import DEFAULT_MODEL, resolve_model
 from .loss import MIN_MATCHES, pair_loss, pixels_to_cells
@@ -45,7 +44,6 @@ from .sources import PairSource, TrainPair, open_source, split_items
 
 STATE_VERSION = 1
 SPARSE_MIN_MATCHES = 16  # COLMAP tracks give tens of points per crop, not ~1000 cells
-ProgressFn = Callable[[str, dict[str, Any]], None]  # (event, info)
 
 
 @dataclass(frozen=True)
@@ -131,6 +129,7 @@ class TrainResult:
     seconds: float
     interrupted: bool = False
     trainable: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # the run protocol's (skips are counted)
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -316,12 +315,8 @@ class Trainer:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with write_atomic(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def _read_log(path: Path, upto_step: int) -> list[str]:
@@ -336,27 +331,6 @@ def _read_log(path: Path, upto_step: int) -> list[str]:
         except ValueError:
             continue  # a line cut by a kill
     return keep
-
-
-class _StopFlag:
-    """SIGINT / SIGTERM ask the loop to stop at the next step boundary (state stays consistent)."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.stop = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def train(settings: TrainSettings, out: str | os.PathLike, overwrite: bool = False,
@@ -405,14 +379,13 @@ def _train_locked(settings: TrainSettings, out: Path, overwrite: bool, max_steps
     log = open(log_path, "a")
 
     def emit(event: str, **info: Any) -> None:
-        info = {"event": event, "step": tr.step, **info}
-        log.write(json.dumps(info) + "\n")
+        log.write(json.dumps({"event": event, "step": tr.step, **info}) + "\n")
         log.flush()
-        if progress:
-            progress(event, info)
 
     total = settings.epochs * settings.steps_per_epoch
     spe = settings.steps_per_epoch
+    stage = Stage(progress, "train", unit="steps")
+    stage.start(total, done=start)
     emit("start", total=total, resumed=start, trainable=tr.trainable,
          init=str(tr.init_model.name), sources=[s.describe() for s in tr.sources],
          val_pairs=len(tr.validation_pairs()))
@@ -430,18 +403,17 @@ def _train_locked(settings: TrainSettings, out: Path, overwrite: bool, max_steps
                 tr.best_epoch = epoch
                 _atomic_save(tr.official_state_dict(), out / "d2.best.pth")
         emit("epoch", epoch=epoch, val_loss=val, best_epoch=tr.best_epoch)
+        stage.say(f"epoch {epoch}: validation loss {'-' if val is None else f'{val:.4f}'}")
 
     last_loss: float | None = None
-    interrupted = False
     done_here = 0
     window: list[float] = []
-    with _StopFlag() as flag:
+    with interruptible() as flag:
         if tr.step == 0 and 0 not in tr.val_losses:
             end_epoch(0)
             _atomic_save(tr.state(), state_path)
         while tr.step < total:
-            if flag.stop or (max_steps is not None and done_here >= max_steps):
-                interrupted = flag.stop
+            if flag.requested or (max_steps is not None and done_here >= max_steps):
                 break
             t_step = time.perf_counter()
             loss = tr.train_step()
@@ -449,9 +421,7 @@ def _train_locked(settings: TrainSettings, out: Path, overwrite: bool, max_steps
             if loss is not None:
                 last_loss = loss
                 window.append(loss)
-            if progress:
-                progress("step", {"step": tr.step, "total": total, "loss": loss,
-                                  "seconds": time.perf_counter() - t_step})
+            stage.advance(loss=loss, seconds=time.perf_counter() - t_step)
             if tr.step % 10 == 0 or tr.step == total:
                 emit("train", epoch=(tr.step - 1) // spe + 1,
                      loss=float(np.mean(window)) if window else None, skipped=tr.skipped)
@@ -462,6 +432,7 @@ def _train_locked(settings: TrainSettings, out: Path, overwrite: bool, max_steps
             elif tr.step % settings.checkpoint_every == 0:
                 _atomic_save(tr.state(), state_path)
         _atomic_save(tr.state(), state_path)
+    interrupted = flag.requested  # a second Ctrl-C mid-step: the state file is the last whole one
     final = None
     if tr.step >= total:
         src = (out / "d2.best.pth" if tr.best_epoch is not None

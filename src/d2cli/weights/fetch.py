@@ -24,7 +24,6 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +37,9 @@ from ..errors import (
     UnknownModel,
     UsageError,
 )
+from ..io.atomic import write_json_atomic
 from ..io.lock import exclusive_lock
+from ..jobs import ProgressFn, Stage
 from . import (
     KNOWN_MODELS,
     OFFICIAL_URL,
@@ -54,7 +55,6 @@ CHUNK = 1 << 16
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 RETRY_HTTP = (408, 429, 500, 502, 503, 504)
 
-ProgressFn = Callable[[int, int | None], None]  # (bytes so far, total or None)
 
 
 @dataclass
@@ -140,7 +140,8 @@ def fetch_model(
         while True:
             res.attempts += 1
             try:
-                kept, restarted = _transfer(src, part, meta, timeout, progress)
+                kept, restarted = _transfer(src, part, meta, timeout,
+                                            Stage(progress, f"fetch {name}", unit="B"))
                 if res.attempts == 1:
                     res.resumed_from = kept
                 res.restarts += restarted
@@ -155,7 +156,7 @@ def fetch_model(
                         f"run `d2 weights fetch {name}` again to resume") from None
                 time.sleep(min(0.5 * res.attempts, 5.0))
         res.sha256, res.size = _verify(name, src, part, meta, expected_sha256)
-        _write_json(record_path(final), {
+        write_json_atomic(record_path(final), {
             "name": name, "url": src, "size": res.size, "sha256": res.sha256,
             "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "d2cli_version": __version__})
@@ -199,16 +200,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return d if isinstance(d, dict) else None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
-
-
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -232,7 +223,7 @@ def _content_range(value: str | None) -> tuple[int, int | None] | None:
 
 
 def _transfer(src: str, part: Path, meta_path: Path, timeout: float,
-              progress: ProgressFn | None) -> tuple[int, int]:
+              stage: Stage) -> tuple[int, int]:
     """One HTTP request; returns (bytes of an earlier attempt kept, 1 if it restarted at 0).
 
     Raises _Interrupted when the transfer stops early (the partial file keeps what came).
@@ -280,13 +271,12 @@ def _transfer(src: str, part: Path, meta_path: Path, timeout: float,
             have, mode = 0, "wb"
         else:
             raise DownloadFailed(f"{src}: unexpected HTTP status {resp.status}")
-        _write_json(meta_path, {"url": src, "total": total,
+        write_json_atomic(meta_path, {"url": src, "total": total,
                                 "etag": resp.headers.get("ETag"),
                                 "last_modified": resp.headers.get("Last-Modified")})
         try:
             with open(part, mode) as f:
-                if progress:
-                    progress(have, total)
+                stage.update(have, total)
                 while True:
                     try:
                         chunk = resp.read(CHUNK)
@@ -296,8 +286,7 @@ def _transfer(src: str, part: Path, meta_path: Path, timeout: float,
                         break
                     f.write(chunk)
                     have += len(chunk)
-                    if progress:
-                        progress(have, total)
+                    stage.update(have, total)
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:

@@ -27,25 +27,31 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pycolmap
-from PIL import Image, UnidentifiedImageError
 
-from .errors import BadFile, IncompatibleFeatures, InputNotFound, OutputError, UsageError
-from .images import read_image_size
-from .io.colmap_model import read_model
-from .io.features import FeatureFile, MatchFile
-from .io.pairs import normalize_pairs, read_pair_lines, write_pairs
+from ..errors import BadFile, IncompatibleFeatures, InputNotFound, UsageError
+from ..images import read_image_size
+from ..io.colmap_model import read_model
+from ..io.features import FeatureFile, MatchFile
+from ..io.pairs import normalize_pairs, read_pair_lines, write_pairs
+from ..io.provenance import differences
+from ..jobs import ProgressFn, Stage, interruptible
+from .cameras import (
+    CAMERA_MODES,
+    ImageInfo,
+    camera_key,
+    check_camera_model,
+    make_camera,
+    read_exif,
+)
+from .database import database_stats, open_database, quiet_colmap
 
-CAMERA_MODES = ("auto", "single", "per-folder", "per-image")
-CAMERA_MODELS = tuple(m for m in pycolmap.CameraModelId.__members__ if m != "INVALID")
-DEFAULT_FOCAL_FACTOR = 1.2  # COLMAP's guess without EXIF: f = 1.2 * max(W, H)
 VERIFY_BATCH = 64  # pairs per verify_matches call: progress and Ctrl-C between batches
 # hloc's verification settings: more trials and a lower inlier ratio than COLMAP's
 # defaults, which suit learned features with many outliers; a fixed seed makes the same
@@ -53,121 +59,6 @@ VERIFY_BATCH = 64  # pairs per verify_matches call: progress and Ctrl-C between 
 VERIFY_OPTIONS = {"ransac": {"max_num_trials": 20000, "min_inlier_ratio": 0.1, "random_seed": 0}}
 CONFIG = pycolmap.TwoViewGeometryConfiguration
 UNUSABLE_CONFIGS = (int(CONFIG.UNDEFINED), int(CONFIG.DEGENERATE))
-
-ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-@contextmanager
-def quiet_colmap(verbose: bool = False) -> Iterator[None]:
-    """pycolmap logs every step at INFO, and failures we report ourselves as errors: mute it
-    unless asked (3 = FATAL only)."""
-    old = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = old if verbose else max(old, 3)
-    try:
-        yield
-    finally:
-        pycolmap.logging.minloglevel = old
-
-
-@contextmanager
-def open_database(path: str | os.PathLike) -> Iterator[pycolmap.Database]:
-    p = Path(path)
-    if p.is_dir():
-        raise OutputError(f"{p}: is a directory, expected a database file path")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{p}: cannot write here ({e.strerror})") from None
-    try:
-        db = pycolmap.Database.open(p)
-    except Exception as e:  # pycolmap raises RuntimeError/ValueError with SQLite's text
-        raise BadFile(f"{p}: not a usable COLMAP database ({str(e).splitlines()[0]})") from None
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-def database_stats(database: str | os.PathLike) -> dict[str, int]:
-    """The numbers ``colmap database`` summaries show."""
-    with quiet_colmap(), open_database(database) as db:
-        return {
-            "cameras": db.num_cameras(), "images": db.num_images(), "frames": db.num_frames(),
-            "keypoints": db.num_keypoints(), "matched_pairs": db.num_matched_image_pairs(),
-            "matches": db.num_matches(), "verified_pairs": db.num_verified_image_pairs(),
-            "inlier_matches": db.num_inlier_matches(),
-        }
-
-
-# ----------------------------------------------------------------------------- cameras
-@dataclass(frozen=True)
-class ImageInfo:
-    """What decides an image's camera: its size and, when readable, its EXIF."""
-
-    name: str
-    width: int
-    height: int
-    path: Path | None = None  # the image file, when it exists
-    exif: tuple[str, str, float] | None = None  # (make, model, focal length in mm)
-
-
-def read_exif(path: Path) -> tuple[str, str, float] | None:
-    """(make, model, focal mm) from EXIF, or None; only the header is read."""
-    try:
-        with Image.open(path) as im:
-            exif = im.getexif()
-            focal = exif.get_ifd(0x8769).get(37386) or exif.get(37386)
-            if not focal:
-                return None
-            return (str(exif.get(271, "")).strip(), str(exif.get(272, "")).strip(), float(focal))
-    except (OSError, UnidentifiedImageError, ValueError, TypeError, ZeroDivisionError):
-        return None
-
-
-def camera_key(info: ImageInfo, mode: str) -> tuple[Any, ...]:
-    """Images with equal keys share one camera."""
-    if mode == "per-image":
-        return ("image", info.name)
-    if mode == "single":
-        return ("single", info.width, info.height)
-    if mode == "per-folder":
-        return ("folder", str(PurePosixPath(info.name).parent), info.width, info.height)
-    return ("auto", info.width, info.height, info.exif)  # like COLMAP: one per size + EXIF
-
-
-def check_camera_model(model: str, params: Sequence[float] | None) -> str:
-    model = model.upper()
-    if model not in CAMERA_MODELS:
-        raise UsageError(f"unknown camera model {model!r} (one of {', '.join(CAMERA_MODELS)})")
-    if params is not None:
-        cam = pycolmap.Camera.create_from_model_name(0, model, 1.0, 2, 2)
-        if len(params) != len(cam.params):
-            raise UsageError(
-                f"camera model {model} takes {len(cam.params)} parameters "
-                f"({cam.params_info}), got {len(params)}")
-    return model
-
-
-def make_camera(info: ImageInfo, model: str, params: Sequence[float] | None) -> pycolmap.Camera:
-    """A camera for an image: given params, else EXIF focal prior, else COLMAP's guess."""
-    w, h = info.width, info.height
-    if params is not None:
-        cam = pycolmap.Camera.create_from_model_name(0, model, 1.0, w, h)
-        cam.params = np.asarray(params, dtype=np.float64)
-        cam.has_prior_focal_length = True
-        return cam
-    focal, prior = DEFAULT_FOCAL_FACTOR * max(w, h), False
-    if info.exif is not None and info.path is not None:
-        # COLMAP's own EXIF logic (sensor-width database, 35 mm equivalent)
-        try:
-            guess = pycolmap.infer_camera_from_image(info.path)
-        except Exception:  # an undecodable file: keep the default guess
-            guess = None
-        if guess is not None and guess.has_prior_focal_length and guess.width == w:
-            focal, prior = float(guess.mean_focal_length()), True
-    cam = pycolmap.Camera.create_from_model_name(0, model, focal, w, h)
-    cam.has_prior_focal_length = prior
-    return cam
 
 
 # ----------------------------------------------------------------------------- result
@@ -193,6 +84,7 @@ class ImportResult:
     image_dir: Path | None = None
     stats: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    interrupted: bool = False  # stopped between verification batches; re-run verifies the rest
 
     @property
     def changed(self) -> bool:
@@ -259,8 +151,7 @@ def _check_match_provenance(ff: FeatureFile, mf: MatchFile) -> None:
     entries = [e for e in entries if isinstance(e, dict) and "model_sha256" in e]
     if not entries:
         return
-    mine = (ff.attrs.get("model_sha256"), ff.attrs.get("settings"))
-    if all((e.get("model_sha256"), e.get("settings")) != mine for e in entries):
+    if all(differences(e, ff.attrs) for e in entries):
         raise IncompatibleFeatures(
             f"{mf.path} was matched from features made with another model or settings "
             f"than {ff.path}; re-run d2 match on these features")
@@ -444,21 +335,21 @@ def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
                                 progress)
         # keypoints (+0.5: COLMAP puts the top-left pixel centre at (0.5, 0.5))
         num_kp: dict[str, int] = {}
-        for i, n in enumerate(sorted(ids)):
+        stage = Stage(progress, "keypoints", len(ids), unit="img")
+        for n in sorted(ids):
             kp = _colmap_keypoints(ff, n)
             num_kp[n] = len(kp)
             if not db.exists_keypoints(ids[n]):
                 db.write_keypoints(ids[n], kp)
                 result.keypoints_written += 1
-            if progress:
-                progress("keypoints", i + 1, len(ids))
+            stage.advance(n)
 
         to_verify: list[tuple[str, str]] = []
         if mf is None:
             return to_verify
-        for i, (a, b) in enumerate(pair_list):
-            if progress:
-                progress("matches", i + 1, len(pair_list))
+        stage = Stage(progress, "matches", len(pair_list), unit="pairs")
+        for a, b in pair_list:
+            stage.advance(f"{a} {b}")
             bad = [x for x in (a, b) if x not in ff]
             if bad:
                 for x in bad:
@@ -550,7 +441,8 @@ def _write_images(result: ImportResult, ff: FeatureFile, db: pycolmap.Database, 
         cameras.setdefault(camera_key(infos[n], camera_mode), have.camera_id)
     with_frames = db.num_images() == 0 or db.num_frames() >= db.num_images()
     todo = [n for n in names if n not in existing]
-    for i, n in enumerate(todo):
+    stage = Stage(progress, "images", len(todo), unit="img")
+    for n in todo:
         key = camera_key(infos[n], camera_mode)
         if key not in cameras:
             cameras[key] = db.write_camera(make_camera(infos[n], camera_model, camera_params))
@@ -559,8 +451,7 @@ def _write_images(result: ImportResult, ff: FeatureFile, db: pycolmap.Database, 
         if with_frames:
             _add_frame(db, cameras[key], ids[n])
         result.new_images.append(n)
-        if progress:
-            progress("images", i + 1, len(todo))
+        stage.advance(n)
     result.images = len(ids)
     return ids
 
@@ -571,15 +462,16 @@ def _verify(result: ImportResult, pairs: list[tuple[str, str]],
     db_path = result.database
     tmp = db_path.with_name(f".{db_path.name}.verify-{os.getpid()}.txt")
     options = pycolmap.TwoViewGeometryOptions(**VERIFY_OPTIONS)
-    if progress:
-        progress("verify", 0, len(pairs))
+    stage = Stage(progress, "verify", unit="pairs")
+    stage.start(len(pairs))
     try:
-        for start in range(0, len(pairs), VERIFY_BATCH):
-            batch = pairs[start:start + VERIFY_BATCH]
-            write_pairs(tmp, batch)
-            pycolmap.verify_matches(db_path, tmp, options=options)
-            if progress:
-                progress("verify", start + len(batch), len(pairs))
+        with interruptible() as stop:
+            for start in stop.each(range(0, len(pairs), VERIFY_BATCH)):
+                batch = pairs[start:start + VERIFY_BATCH]
+                write_pairs(tmp, batch)
+                pycolmap.verify_matches(db_path, tmp, options=options)
+                stage.advance(n=len(batch))
+        result.interrupted = stop.requested
     finally:
         tmp.unlink(missing_ok=True)
     with open_database(db_path) as db:

@@ -1,0 +1,201 @@
+"""``d2 colmap-import``, ``d2 reconstruct`` and ``d2 sfm``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from . import main
+from .common import (
+    camera_options,
+    chosen_scales,
+    command,
+    device_option,
+    err_console,
+    extract_settings,
+    finish,
+    json_option,
+    mapping_options,
+    model_option,
+    parse_floats,
+    parse_pycolmap_options,
+    print_json,
+    progress,
+    quiet_option,
+    summary_table,
+    verbose_option,
+)
+
+
+@main.command("colmap-import")
+@click.argument("database", type=click.Path(path_type=str))
+@click.option("--features", "-f", default="feats.h5", show_default=True, help="Features file.")
+@click.option("--matches", "-m", default="matches.h5", show_default=True, help="Matches file.")
+@click.option("--pairs", "pairs_file", type=click.Path(),
+              help="Import only these pairs [default: every pair of the matches file].")
+@click.option("--image-dir", type=click.Path(),
+              help="Images, read for EXIF only [default: the root recorded in the features].")
+@camera_options
+@click.option("--no-verify", is_flag=True,
+              help="Store the raw matches as verified geometry (no RANSAC).")
+@click.option("--reference-model", type=click.Path(),
+              help="COLMAP model to mirror (same ids), for d2 reconstruct --reference-model.")
+@click.option("--overwrite", is_flag=True, help="Start from an empty database.")
+@verbose_option
+@quiet_option
+@json_option
+@command
+def colmap_import_cmd(database, features, matches, pairs_file, image_dir, camera_mode,
+                      camera_model, camera_params, no_verify, reference_model, overwrite, verbose,
+                      quiet, as_json) -> int:
+    """Write features and matches into the COLMAP DATABASE (created if missing).
+
+    Keypoints get COLMAP's +0.5 pixel convention; matches are verified with pycolmap
+    unless --no-verify. Importing again adds only what is new.
+    """
+    from ..colmap import colmap_import
+
+    params = parse_floats(camera_params, "--camera-params")
+    with progress(quiet or as_json) as show:
+        result = colmap_import(
+            database, features, matches, pairs=pairs_file, image_dir=image_dir,
+            camera_mode=camera_mode, camera_model=camera_model, camera_params=params,
+            verify=not no_verify, reference_model=reference_model, overwrite=overwrite,
+            verbose=verbose, progress=show)
+    s = result.summary()
+    if as_json:
+        print_json(s)
+    else:
+        db = s["database_stats"]
+        rows = [
+            ("images", f"{s['images']} ({s['new_images']} new)"),
+            ("cameras", f"{db['cameras']} ({s['new_cameras']} new)"),
+            ("keypoints", f"{db['keypoints']} ({s['keypoints_written']} images written now)"),
+            ("pairs imported", f"{s['pairs']} ({s['new_pairs']} new, {s['replaced_pairs']} "
+                               f"replaced, {s['dropped_pairs']} self/duplicate dropped)"),
+            ("verified now" if not no_verify else "stored unverified",
+             f"{s['verified_now']} ({s['inlier_pairs_now']} usable)"),
+            ("database", f"{db['matched_pairs']} matched pairs, {db['verified_pairs']} "
+                         f"verified, {db['inlier_matches']} inlier matches"),
+            ("time", f"{s['seconds']:.1f} s"),
+        ]
+        if reference_model:
+            rows.insert(1, ("outside the model", f"{s['outside_model']} images, "
+                                                 f"{s['outside_model_pairs']} pairs ignored"))
+        if s["no_image_file"]:
+            rows.append(("no image file", f"{s['no_image_file']} (camera from the features' "
+                                          "image size, no EXIF)"))
+        summary_table(f"d2 colmap-import -> {database}", rows)
+    return finish(result, None if as_json else "names or pairs")
+
+
+def _reconstruct_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows = [
+        ("images registered", f"{s['registered']} / {s['images']}"
+                              + (f" ({s['connected_images']} with verified pairs)"
+                                 if s["connected_images"] != s["images"] else "")),
+        ("3D points", s["points3D"]),
+        ("mean track length", f"{s['mean_track_length']:.2f}"),
+        ("mean reprojection error", f"{s['mean_reprojection_error']:.3f} px"),
+        ("intrinsics", s.get("intrinsics", "")),
+    ]
+    if s["num_models"] > 1:
+        rows.append(("other models", ", ".join(
+            f"{m['registered']} images in {m['path']}" for m in s["models"][1:])))
+    return rows
+
+
+def _report_unregistered(names: list[str]) -> None:
+    if names:
+        shown = ", ".join(names[:10]) + (f" (and {len(names) - 10} more)" if len(names) > 10 else "")
+        err_console.print(f"[yellow]{len(names)} images not in the model:[/] {shown}",
+                          highlight=False, soft_wrap=True)
+
+
+@main.command("reconstruct")
+@click.argument("database", type=click.Path(path_type=str))
+@click.option("--out", "-o", default="sparse", show_default=True,
+              help="Model folder: the largest model here, others in OUT/models/<k>/.")
+@click.option("--image-dir", type=click.Path(), help="Images, to colour the points (optional).")
+@mapping_options
+@click.option("--reference-model", type=click.Path(),
+              help="Keep this model's poses and only triangulate points (database made by "
+                   "colmap-import --reference-model).")
+@click.option("--min-num-matches", default=15, show_default=True,
+              help="Inlier matches for a pair to count.")
+@click.option("--option", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Any pycolmap pipeline option, e.g. mapper.init_min_num_inliers=50.")
+@verbose_option
+@quiet_option
+@json_option
+@command
+def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed, reference_model,
+                    min_num_matches, extra, verbose, quiet, as_json) -> int:
+    """Reconstruct a sparse COLMAP model from DATABASE (pycolmap mapping)."""
+    from ..reconstruct import reconstruct
+
+    pipeline_options = parse_pycolmap_options(extra)
+    with progress(quiet or as_json) as show:
+        result = reconstruct(
+            database, out, image_dir=image_dir, mapper=mapper, reference_model=reference_model,
+            num_threads=threads, seed=seed, min_num_matches=min_num_matches,
+            intrinsics=intrinsics, options=pipeline_options, verbose=verbose, progress=show)
+    s = result.summary()
+    if as_json:
+        print_json(s)
+    else:
+        summary_table(f"d2 reconstruct ({s['mapper']}) -> {out}",
+                      _reconstruct_rows(s) + [("time", f"{s['seconds']:.1f} s")])
+        _report_unregistered(result.unregistered)
+    return finish(result)
+
+
+@main.command("sfm")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", "-o", default="sfm", show_default=True,
+              help="Work folder: feats.h5, pairs.txt, matches.h5, database.db, sparse/.")
+@model_option()
+@click.option("--max-edge", default=1600, show_default=True, help="Extraction resize limit.")
+@click.option("--multiscale", is_flag=True, help="Scales 0.5, 1, 2 (the paper's D2-Net MS).")
+@click.option("--max-keypoints", type=int, help="Keep the K highest scores per image.")
+@click.option("--ratio", type=float, help="Lowe ratio test in matching, e.g. 0.95.")
+@camera_options
+@mapping_options
+@device_option
+@verbose_option
+@quiet_option
+@json_option
+@command
+def sfm_cmd(images, out, model, max_edge, multiscale, max_keypoints, ratio, camera_mode,
+            camera_model, camera_params, mapper, intrinsics, threads, seed, device, verbose,
+            quiet, as_json) -> int:
+    """Images -> COLMAP model: extract, pairs (exhaustive), match, colmap-import, reconstruct.
+
+    Every step's output stays in --out and every step resumes: re-running after an
+    interruption or with more images redoes only what is missing.
+    """
+    from ..match import MatchSettings
+    from ..sfm import sfm
+
+    settings = extract_settings(chosen_scales(None, multiscale), max_edge=max_edge,
+                                max_keypoints=max_keypoints)
+    with progress(quiet or as_json) as show:
+        result = sfm(images, out, model=model, extract_settings=settings,
+                     match_settings=MatchSettings(ratio=ratio),
+                     camera_mode=camera_mode, camera_model=camera_model,
+                     camera_params=parse_floats(camera_params, "--camera-params"),
+                     mapper=mapper, intrinsics=intrinsics, num_threads=threads, seed=seed,
+                     device=device, verbose=verbose, progress=show)
+    s = result.summary()
+    if as_json:
+        print_json(s)
+    elif not result.interrupted:
+        rec = result.model
+        summary_table(f"d2 sfm -> {out}", _reconstruct_rows(rec) + [
+            ("model", f"{out}/sparse"),
+            ("steps skipped (already done)", ", ".join(result.skipped) or "none"),
+            ("time", f"{s['seconds']:.1f} s"),
+        ])
+        _report_unregistered(rec.get("unregistered", []))
+    return finish(result, None if as_json else "images or pairs")

@@ -1,0 +1,244 @@
+"""What every ``d2`` command shares: the error policy, output helpers, shared options.
+
+A command body parses options, calls one library function with ``progress=show`` (the
+:class:`~d2cli.cli.render.Renderer`), prints a summary (table, or ``--json``) and
+returns :func:`finish` of the result. :func:`command` maps
+:class:`d2cli.errors.D2Error` to a one-line message and its exit code; nothing here
+prints a traceback for a user error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, D2Error, UsageError, exit_status
+from .render import Renderer
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+INTERRUPTED = "d2: interrupted; finished work is saved, re-run to resume"
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command body with d2's error policy: one line on stderr, documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            code = fn(*args, **kwargs)
+        except D2Error as e:
+            err_console.print(f"[bold red]d2: error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            err_console.print(INTERRUPTED)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as e:  # a bug: still one line, the traceback on request
+            if os.environ.get("D2CLI_DEBUG"):
+                raise
+            err_console.print(
+                f"[bold red]d2: internal error:[/] {e.__class__.__name__}: {e} "
+                "(set D2CLI_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
+            sys.exit(EXIT_INTERNAL)
+        sys.exit(code or 0)
+
+    return wrapper
+
+
+@contextmanager
+def progress(quiet: bool) -> Iterator[Renderer]:
+    """The renderer every job reports to (``quiet``: failures only)."""
+    with Renderer(err_console, quiet) as r:
+        yield r
+
+
+def finish(result: Any, failures: str | None = None) -> int:
+    """Report ``result.failed`` (as ``failures``, e.g. "images") and return its exit code.
+
+    An interrupted job has already committed what it finished: say so, exit 130.
+    """
+    if failures:
+        report_failures(result.failed, failures)
+    code = exit_status(result)
+    if code == EXIT_INTERRUPTED:
+        err_console.print(INTERRUPTED)
+    return code
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def summary_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for k, v in rows:
+        table.add_row(k, str(v))
+    out_console.print(table)
+
+
+def report_failures(failed: dict[str, str], what: str) -> None:
+    if failed:
+        err_console.print(f"[yellow]{len(failed)} {what} failed:[/]")
+        for reason in failed.values():
+            err_console.print(f"  {reason}", highlight=False, soft_wrap=True)
+
+
+def fmt(v: float | None, pct: bool = True) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 100:.1f}" if pct else f"{v:.0f}"
+
+
+# --------------------------------------------------------------------------- parsing
+def parse_floats(text: str | None, option: str, example: str = "1200,512,384,0"
+                 ) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(s) for s in text.replace(",", " ").split())
+    except ValueError:  # D2Error, not click's: raised inside the command body
+        raise UsageError(f"{option}: expected numbers like '{example}', got {text!r}") from None
+
+
+def parse_scales(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(s) for s in text.replace(",", " ").split())
+    except ValueError:
+        raise UsageError(f"--scales expects numbers like '0.5,1,2', got {text!r}") from None
+
+
+def parse_pycolmap_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """``a.b=1`` items -> nested dict; values are JSON (numbers, true/false) or strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option: expected KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    return out
+
+
+def chosen_scales(scales: str | None, multiscale: bool) -> tuple[float, ...]:
+    from ..extract import MULTI_SCALE, SINGLE_SCALE
+
+    return parse_scales(scales) or (MULTI_SCALE if multiscale else SINGLE_SCALE)
+
+
+def extract_settings(scales: tuple[float, ...], max_edge: int = 1600, max_sum_edges: int = 2800,
+                     preprocessing: str = "caffe", no_relu: bool = False,
+                     max_keypoints: int | None = None, **kw: Any) -> Any:
+    """The one place the CLI's extraction options become an ExtractSettings."""
+    from ..extract import ExtractSettings
+
+    return ExtractSettings(scales=scales, max_edge=max_edge, max_sum_edges=max_sum_edges,
+                           preprocessing=preprocessing, use_relu=not no_relu,
+                           max_keypoints=max_keypoints, **kw)
+
+
+# --------------------------------------------------------------------------- shared options
+def options(*opts: Decorator) -> Decorator:
+    """Several click options as one decorator, in the order given (as --help lists them)."""
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+    return apply
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Machine-readable summary on stdout.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+verbose_option = click.option("--verbose", "-v", is_flag=True, help="Show pycolmap's log.")
+
+
+def device_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto, cpu, cuda, cuda:N.")(fn)
+
+
+def model_option(name: str = "model") -> Decorator:
+    return click.option("--model", "-m", name, default=None,
+                        help="Model name or .pth path [default: built-in].")
+
+
+multiscale_options = options(
+    click.option("--multiscale", is_flag=True, help="Scales 0.5, 1, 2 (the paper's D2-Net MS)."),
+    click.option("--scales", help="Any pyramid, e.g. '0.5,1'. Overrides --multiscale."),
+)
+
+resize_options = options(
+    click.option("--max-edge", default=1600, show_default=True,
+                 help="Downscale images whose longer side is larger (reference policy)."),
+    click.option("--max-sum-edges", default=2800, show_default=True,
+                 help="Then downscale images whose width + height is larger."),
+)
+
+network_options = options(
+    click.option("--preprocessing", type=click.Choice(["caffe", "torch", "none"]),
+                 default="caffe", show_default=True,
+                 help="Input normalisation: caffe (BGR, mean subtracted; the official "
+                      "weights), torch (RGB, ImageNet mean/std) or none."),
+    click.option("--no-relu", is_flag=True, help="No ReLU after conv4_3."),
+    click.option("--max-keypoints", type=int, help="Keep the K highest scores per image."),
+)
+
+camera_options = options(
+    click.option("--camera-mode", type=click.Choice(["auto", "single", "per-folder", "per-image"]),
+                 default="auto", show_default=True,
+                 help="auto: one camera per image size and EXIF camera."),
+    click.option("--camera-model", default="SIMPLE_RADIAL", show_default=True,
+                 help="COLMAP camera model (SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, OPENCV...)."),
+    click.option("--camera-params",
+                 help="Known intrinsics in the model's order, e.g. '1200,512,384,0'."),
+)
+
+mapping_options = options(
+    click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental",
+                 show_default=True),
+    click.option("--intrinsics", type=click.Choice(["auto", "refine", "fixed"]), default="auto",
+                 show_default=True, help="Refine focal lengths and distortion, keep them as "
+                 "imported, or auto: refine when most images share a camera."),
+    click.option("--threads", type=int, help="CPU threads [default: the cores available]."),
+    click.option("--seed", default=0, show_default=True, help="Random seed (repeatable runs)."),
+)
+
+query_ref_options = options(
+    click.option("--query-prefix", help="Queries: the names starting with this."),
+    click.option("--query-list", type=click.Path(), help="Queries: the names in this file."),
+    click.option("--ref-prefix", help="References: the names starting with this."),
+    click.option("--ref-list", type=click.Path(), help="References: the names in this file."),
+)
+
+image_dir_option = click.option(
+    "--image-dir", type=click.Path(),
+    help="Folder of the images [default: the one recorded in the features file].")

@@ -1,0 +1,80 @@
+"""The one way d2cli replaces a file: write a temporary file beside it, then rename.
+
+A reader (or a run after ``kill -9``) sees the old file or the complete new one, never
+half of one; a failure (full disk, no permission, a folder in the way) is one
+:class:`~d2cli.errors.OutputError` line naming the file, and leaves no temporary behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputError
+
+
+def check_space(path: Path, need_bytes: int) -> None:
+    """Refuse a write of ``need_bytes`` that cannot fit (free disk space, the file-size limit).
+
+    HDF5 must not meet a full disk: its failed writes can crash the process in the
+    library's clean-up rather than raise, so the files it writes are checked first.
+    """
+    import resource
+    import shutil
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and need_bytes > limit:
+        raise OutputError(f"{path}: cannot write ({need_bytes} bytes needed, files are limited "
+                          f"to {limit} bytes here)")
+    free = shutil.disk_usage(path.parent).free
+    if need_bytes > free:
+        raise OutputError(f"{path}: cannot write (no space left: {need_bytes} bytes needed, "
+                          f"{free} free)")
+
+
+@contextmanager
+def write_atomic(path: str | os.PathLike, *, fsync: bool = False, suffix: str = "",
+                 need_bytes: int | None = None) -> Iterator[Path]:
+    """``with write_atomic(p) as tmp: <write tmp>`` then ``tmp`` is renamed over ``p``.
+
+    ``fsync``: flush the data to disk before the rename (files that must survive a power
+    cut, not only a killed process). ``suffix``: the temporary name's ending, for writers
+    that choose the format by it (``.png``). ``need_bytes``: refuse at once when that much
+    cannot fit (:func:`check_space`).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if need_bytes is not None:
+            check_space(path, need_bytes)
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+    except RuntimeError as e:  # HDF5 reports a failed write (full disk) this way, errno inside
+        if "errno" not in str(e):
+            raise
+        why = str(e).split("error message = ")[-1].strip("')") or str(e)
+        raise OutputError(f"{path}: cannot write ({why})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
+    with write_atomic(path, fsync=fsync) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, *, fsync: bool = False) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", fsync=fsync)
