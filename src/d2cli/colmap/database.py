@@ -44,7 +44,8 @@ def open_database(path: str | os.PathLike, *, create: bool = True) -> Iterator[A
     except OSError as e:
         raise OutputError(f"{p}: cannot write here ({e.strerror})") from None
     try:
-        db = pycolmap.Database.open(p)
+        with quiet_colmap():  # its WARNING about the failed open would precede our error line
+            db = pycolmap.Database.open(p)
     except Exception as e:  # pycolmap raises RuntimeError/ValueError with SQLite's text
         raise BadFile(f"{p}: not a usable COLMAP database ({str(e).splitlines()[0]})") from None
     try:
