@@ -422,36 +422,15 @@ def localize(
     if min_inliers < MIN_POINTS:
         raise UsageError(f"min-inliers must be >= {MIN_POINTS}")
     out = Path(out)
-    log_path = Path(log) if log is not None else out.with_suffix(".log")
-    if log_path == out:
-        log_path = Path(str(out) + ".log")
-    for p in (out, log_path):
-        if p.is_dir():
-            raise OutputError(f"{p}: is a directory, expected a file path")
+    log_path = _log_path(out, log)
     for p, what in ((features, "features"), (matches, "matches")):
         if not Path(p).is_file():
             raise InputNotFound(f"{p}: {what} file not found")
     query_list = read_queries(queries)
-    pair_list = read_pairs(pairs)
     if not full_names:
-        seen: dict[str, str] = {}
-        for q in query_list:
-            base = PurePosixPath(q.name).name
-            if base in seen:
-                raise UsageError(f"queries {seen[base]} and {q.name} have the same file name; "
-                                 "pass --full-names to write whole names")
-            seen[base] = q.name
-
+        _check_basenames(query_list)
     qnames = {q.name for q in query_list}
-    refs: dict[str, list[str]] = {q.name: [] for q in query_list}
-    ignored = 0
-    for a, b in pair_list:
-        if a in qnames and b not in qnames:
-            refs[a].append(b)
-        elif b in qnames and a not in qnames:
-            refs[b].append(a)
-        else:
-            ignored += 1
+    refs, ignored = _references_of(query_list, read_pairs(pairs))
 
     ref_path = Path(reference_model if reference_model is not None else inloc_scans)
     settings = _Settings(max_error=float(max_error), min_inliers=int(min_inliers),
@@ -486,20 +465,63 @@ def localize(
                 except QueryFailed as e:
                     journal.add_failure(q.name, str(e))
                     stage.advance(q.name, error=f"{q.name}: {e}")
-    done, failed = journal.done, journal.failed
     # query-file order in every output
-    result.results = {q.name: done[q.name] for q in query_list if q.name in done}
-    result.failed = {q.name: f"{q.name}: {failed[q.name]}" for q in query_list
-                     if q.name in failed}
-    if stop.requested:  # the journal keeps what is done; out and the log are for complete runs
-        result.interrupted = True
-        result.seconds = time.perf_counter() - t0
-        return result
-    write_text_atomic(out, "".join(r.pose_line(full_names) + "\n" for r in result.results.values()))
-    write_text_atomic(log_path, f"# d2 localize: {len(result.results)} of {len(query_list)} queries "
-                            f"localised against {ref_path}\n" + "".join(
-                                _log_line(q.name, done.get(q.name), failed.get(q.name)) + "\n"
-                                for q in query_list))
-    journal.path.unlink(missing_ok=True)
+    result.results = {q.name: journal.done[q.name] for q in query_list if q.name in journal.done}
+    result.failed = {q.name: f"{q.name}: {journal.failed[q.name]}" for q in query_list
+                     if q.name in journal.failed}
+    result.interrupted = stop.requested
+    if not result.interrupted:  # else the journal keeps what is done for the next run
+        _write_outputs(result, journal, query_list, full_names)
+        journal.path.unlink(missing_ok=True)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _log_path(out: Path, log: str | os.PathLike | None) -> Path:
+    log_path = Path(log) if log is not None else out.with_suffix(".log")
+    if log_path == out:
+        log_path = Path(str(out) + ".log")
+    for p in (out, log_path):
+        if p.is_dir():
+            raise OutputError(f"{p}: is a directory, expected a file path")
+    return log_path
+
+
+def _check_basenames(query_list: Sequence[Query]) -> None:
+    """Poses are written by basename (the Aachen/InLoc form): those must be unique."""
+    seen: dict[str, str] = {}
+    for q in query_list:
+        base = PurePosixPath(q.name).name
+        if base in seen:
+            raise UsageError(f"queries {seen[base]} and {q.name} have the same file name; "
+                             "pass --full-names to write whole names")
+        seen[base] = q.name
+
+
+def _references_of(query_list: Sequence[Query], pair_list: Sequence[tuple[str, str]]
+                   ) -> tuple[dict[str, list[str]], int]:
+    """Each query's reference images from the pairs (either order); pairs without exactly
+    one query are counted and ignored."""
+    qnames = {q.name for q in query_list}
+    refs: dict[str, list[str]] = {q.name: [] for q in query_list}
+    ignored = 0
+    for a, b in pair_list:
+        if a in qnames and b not in qnames:
+            refs[a].append(b)
+        elif b in qnames and a not in qnames:
+            refs[b].append(a)
+        else:
+            ignored += 1
+    return refs, ignored
+
+
+def _write_outputs(result: LocalizeResult, journal: Journal, query_list: Sequence[Query],
+                   full_names: bool) -> None:
+    """poses.txt (submission format) and the per-query log, atomically."""
+    write_text_atomic(result.out, "".join(r.pose_line(full_names) + "\n"
+                                          for r in result.results.values()))
+    write_text_atomic(result.log, f"# d2 localize: {len(result.results)} of {len(query_list)} "
+                                  f"queries localised against {result.reference}\n" + "".join(
+                                      _log_line(q.name, journal.done.get(q.name),
+                                                journal.failed.get(q.name)) + "\n"
+                                      for q in query_list))

@@ -371,39 +371,12 @@ def match(
         features_ref = None  # one file: one cache entry per image
     with FeatureFile(features) as ff0, (
             FeatureFile(features_ref) if features_ref is not None else nullcontext(ff0)) as ff1:
-        attrs: dict[str, Any] = {"d2cli_version": __version__, "features": ff0.attrs,
-                                 "settings": settings.as_dict()}
-        if features_ref is not None:
-            attrs["features_ref"] = ff1.attrs
-            diff = differences(ff0.attrs, ff1.attrs, both_recorded=True, arrow=" vs ")
-            if diff and not force:
-                raise IncompatibleFeatures(
-                    f"{ff0.path} and {ff1.path} were made differently ({'; '.join(diff)}); "
-                    "use --force to match them anyway")
+        attrs = _output_attrs(ff0, ff1 if features_ref is not None else None, settings, force)
         result = MatchResult(out=out, device=str(dev), total=len(pair_list))
         with H5Store(out, attrs=attrs, commit_every=commit_every, commit_seconds=10.0) as store:
-            existing = store.existing_attrs()
-            if existing is not None:
-                diff = _check_existing(existing, attrs, out)
-                if diff and overwrite:
-                    store.reset()  # other features or settings: mixing is never right
-                elif diff and not force:
-                    raise IncompatibleFeatures(
-                        f"{out} holds matches of other features or settings "
-                        f"({'; '.join(diff)}); use --overwrite to redo it, --force to add "
-                        "to it anyway, or another --out")
+            _check_output(store, attrs, out, overwrite, force)
             done = set() if overwrite else store.done() | merged_done
-            todo: list[Pair] = []
-            missing: dict[Pair, str] = {}
-            for a, b in pair_list:
-                if pair_key(a, b) in done or pair_key(b, a) in done:
-                    result.skipped.append((a, b))
-                elif a not in ff0:
-                    missing[(a, b)] = f"pair {a} {b}: {a} is not in features file {ff0.path}"
-                elif b not in ff1:
-                    missing[(a, b)] = f"pair {a} {b}: {b} is not in features file {ff1.path}"
-                else:
-                    todo.append((a, b))
+            todo, missing = _plan(pair_list, done, ff0, ff1, result)
             stage = Stage(progress, "match", unit="pairs")
             stage.start(len(todo) + len(missing))
             for p, reason in missing.items():
@@ -414,31 +387,84 @@ def match(
                                     device=dev if dev.type == "cuda" else None)
             result.images = len(set(accesses))
             t_match = time.perf_counter()
-            reader_done = threading.Event()
             try:
-                with interruptible() as stop:
-                    for k, d0, d1, error in stop.each(_read_ahead(cache, len(todo), 2, reader_done)):
-                        a, b = todo[k]
-                        if error is not None:
-                            _fail(result, (a, b), error, stage)
-                            continue
-                        if d0.shape[1] != d1.shape[1]:
-                            _fail(result, (a, b), f"pair {a} {b}: descriptor sizes differ "
-                                                  f"({d0.shape[1]} vs {d1.shape[1]})", stage)
-                            continue
-                        m, sc = mnn(d0.to(dev), d1.to(dev), ratio=settings.ratio,
-                                    max_distance=settings.max_distance, tile=tile)
-                        store.add(pair_key(a, b), matches_to_arrays(m.numpy(), sc.numpy(),
-                                                                    d0.shape[0], d1.shape[0]))
-                        result.matched.append((a, b))
-                        result.num_matches.append(len(m))
-                        stage.advance(f"{a} {b}", matches=len(m))
-                result.interrupted = stop.requested
+                _match_pairs(todo, cache, store, settings, dev, tile, result, stage)
             finally:
-                reader_done.set()
                 result.descriptor_reads = cache.reads
                 result.seconds = time.perf_counter() - t_match
     return result
+
+
+def _output_attrs(ff0: FeatureFile, ff1: FeatureFile | None, settings: MatchSettings,
+                  force: bool) -> dict[str, Any]:
+    """The matches file's provenance; refuses two features files made differently."""
+    attrs: dict[str, Any] = {"d2cli_version": __version__, "features": ff0.attrs,
+                             "settings": settings.as_dict()}
+    if ff1 is not None:
+        attrs["features_ref"] = ff1.attrs
+        diff = differences(ff0.attrs, ff1.attrs, both_recorded=True, arrow=" vs ")
+        if diff and not force:
+            raise IncompatibleFeatures(
+                f"{ff0.path} and {ff1.path} were made differently ({'; '.join(diff)}); "
+                "use --force to match them anyway")
+    return attrs
+
+
+def _check_output(store: H5Store, attrs: dict[str, Any], out: Path, overwrite: bool,
+                  force: bool) -> None:
+    """Matches already in ``out`` of other features or settings: reset, keep, or refuse."""
+    existing = store.existing_attrs()
+    diff = _check_existing(existing, attrs, out) if existing is not None else []
+    if diff and overwrite:
+        store.reset()  # other features or settings: mixing is never right
+    elif diff and not force:
+        raise IncompatibleFeatures(
+            f"{out} holds matches of other features or settings ({'; '.join(diff)}); "
+            "use --overwrite to redo it, --force to add to it anyway, or another --out")
+
+
+def _plan(pair_list: list[Pair], done: set[str], ff0: FeatureFile, ff1: FeatureFile,
+          result: MatchResult) -> tuple[list[Pair], dict[Pair, str]]:
+    """(pairs to match, pairs naming an image missing from its file -> why); done ones skipped."""
+    todo: list[Pair] = []
+    missing: dict[Pair, str] = {}
+    for a, b in pair_list:
+        if pair_key(a, b) in done or pair_key(b, a) in done:
+            result.skipped.append((a, b))
+        elif a not in ff0:
+            missing[(a, b)] = f"pair {a} {b}: {a} is not in features file {ff0.path}"
+        elif b not in ff1:
+            missing[(a, b)] = f"pair {a} {b}: {b} is not in features file {ff1.path}"
+        else:
+            todo.append((a, b))
+    return todo, missing
+
+
+def _match_pairs(todo: list[Pair], cache: DescriptorCache, store: H5Store,
+                 settings: MatchSettings, dev: torch.device, tile: tuple[int, int] | None,
+                 result: MatchResult, stage: Stage) -> None:
+    """Mutual nearest neighbours of each pair, descriptors read ahead in a thread; Ctrl-C
+    stops after the pair in flight."""
+    reader_done = threading.Event()
+    try:
+        with interruptible() as stop:
+            for k, d0, d1, error in stop.each(_read_ahead(cache, len(todo), 2, reader_done)):
+                a, b = todo[k]
+                if error is None and d0.shape[1] != d1.shape[1]:
+                    error = f"pair {a} {b}: descriptor sizes differ ({d0.shape[1]} vs {d1.shape[1]})"
+                if error is not None:
+                    _fail(result, (a, b), error, stage)
+                    continue
+                m, sc = mnn(d0.to(dev), d1.to(dev), ratio=settings.ratio,
+                            max_distance=settings.max_distance, tile=tile)
+                store.add(pair_key(a, b), matches_to_arrays(m.numpy(), sc.numpy(),
+                                                            d0.shape[0], d1.shape[0]))
+                result.matched.append((a, b))
+                result.num_matches.append(len(m))
+                stage.advance(f"{a} {b}", matches=len(m))
+        result.interrupted = stop.requested
+    finally:
+        reader_done.set()
 
 
 def _fail(result: MatchResult, pair: Pair, error: str, stage: Stage) -> None:
