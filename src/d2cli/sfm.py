@@ -133,19 +133,8 @@ def sfm(
     status.say(f"extract: {ex.total - len(ex.failed)} images, {len(ex.extracted)} extracted now")
 
     # 2. pairs: every pair of the images that have features
-    with FeatureFile(feats) as ff:
-        names = sorted(ff.names)
-        image_root = ff.attrs.get("image_root")
-    pair_list = pairs_exhaustive(names)
-    if len(names) < 2:
-        raise UsageError(f"{len(names)} image(s) with features: a reconstruction needs at least 2")
-    if pairs_path.is_file() and read_pairs(pairs_path) == pair_list:
-        result.skipped.append("pairs")
-    else:
-        save_pairs(pair_list, pairs_path, method="exhaustive")
-    result.steps["pairs"] = {"out": str(pairs_path), "pairs": len(pair_list),
-                             "images": len(names)}
-    status.say(f"pairs: {len(pair_list)} pairs of {len(names)} images")
+    p = _pairs_step(result, feats, pairs_path)
+    status.say(f"pairs: {p['pairs']} pairs of {p['images']} images")
 
     # 3. matches
     try:
@@ -167,7 +156,35 @@ def sfm(
                f"{im.verified_now} verified now")
 
     # 5. model: skipped when made from this very database with these settings
-    settings = {"mapper": mapper, "seed": seed, "intrinsics": intrinsics}
+    s = _reconstruct_step(result, database, sparse, stamp_path, p["image_root"],
+                          dict(mapper=mapper, seed=seed, intrinsics=intrinsics,
+                               num_threads=num_threads, verbose=verbose, progress=progress))
+    status.say(f"reconstruct: {s['registered']}/{s['images']} images registered")
+    return done()
+
+
+def _pairs_step(result: SfmResult, feats: Path, pairs_path: Path) -> dict[str, Any]:
+    """Every pair of the images that have features; the file is rewritten only if it differs."""
+    with FeatureFile(feats) as ff:
+        names = sorted(ff.names)
+        image_root = ff.attrs.get("image_root")
+    if len(names) < 2:
+        raise UsageError(f"{len(names)} image(s) with features: a reconstruction needs at least 2")
+    pair_list = pairs_exhaustive(names)
+    if pairs_path.is_file() and read_pairs(pairs_path) == pair_list:
+        result.skipped.append("pairs")
+    else:
+        save_pairs(pair_list, pairs_path, method="exhaustive")
+    result.steps["pairs"] = {"out": str(pairs_path), "pairs": len(pair_list),
+                             "images": len(names)}
+    return {**result.steps["pairs"], "image_root": image_root}
+
+
+def _reconstruct_step(result: SfmResult, database: Path, sparse: Path, stamp_path: Path,
+                      image_root: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Map unless ``sparse`` already holds a model made from this very database with these
+    settings (``sfm.json`` records what it was made from)."""
+    settings = {k: options[k] for k in ("mapper", "seed", "intrinsics")}
     made_from = {"database": database_stats(database), "settings": settings}
     old = _stamp(stamp_path)
     have_model = all((sparse / f).is_file() for f in MODEL_FILES)
@@ -176,12 +193,8 @@ def sfm(
         result.skipped.append("reconstruct")
     else:
         stamp_path.unlink(missing_ok=True)  # the old model no longer matches the database
-        rc = reconstruct(
-            database, sparse, image_dir=image_root if image_root and Path(image_root).is_dir()
-            else None, mapper=mapper, num_threads=num_threads, seed=seed,
-            intrinsics=intrinsics, verbose=verbose, progress=progress)
+        images = image_root if image_root and Path(image_root).is_dir() else None
+        rc = reconstruct(database, sparse, image_dir=images, **options)
         result.steps["reconstruct"] = rc.summary()
         write_json_atomic(stamp_path, {"made_from": made_from, "summary": rc.summary()})
-    s = result.steps["reconstruct"]
-    status.say(f"reconstruct: {s['registered']}/{s['images']} images registered")
-    return done()
+    return result.steps["reconstruct"]
