@@ -60,9 +60,10 @@ eval_options = options(
 )
 
 
-def _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge, max_sum_edges,
-                  preprocessing, no_relu, max_keypoints, precisions, baseline,
-                  sift_max_features, quiet) -> list[Any]:
+def _eval_methods(quiet: bool, models, fetch, multiscale, both_scales, scales, max_edge,
+                  max_sum_edges, preprocessing, no_relu, max_keypoints, precisions, baseline,
+                  sift_max_features) -> list[Any]:
+    """The methods the eval options name: each model x scales x precision, and SIFT."""
     from ..eval.methods import SiftSettings, d2_method, sift_method
     from ..extract import MULTI_SCALE, SINGLE_SCALE
     from ..weights.fetch import ensure_model
@@ -90,6 +91,15 @@ def _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge, max_
     return methods
 
 
+def _footer(table: Table, res: Any, s: dict[str, Any], units: str) -> None:
+    out_console.print(table)
+    out_console.print(f"{units}. Features and matches cached in {res.work_dir}"
+                      + (f"; plot: {s['plot']}" if s["plot"] else ""),
+                      highlight=False, soft_wrap=True)
+    if res.cache_dropped:
+        err_console.print("[yellow]images changed since the last run: the cache was redone")
+
+
 @eval_group.command("hpatches")
 @click.argument("root", type=click.Path(path_type=str))
 @click.option("--all-sequences", is_flag=True,
@@ -98,10 +108,8 @@ def _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge, max_
               help="PNG of MMA vs threshold.")
 @eval_options
 @command
-def eval_hpatches_cmd(root, all_sequences, plot, models, fetch, multiscale, both_scales, scales,
-                      max_edge, max_sum_edges, preprocessing, no_relu, max_keypoints, precisions,
-                      baseline, sift_max_features, work_dir, device, no_plot, quiet,
-                      as_json) -> int:
+def eval_hpatches_cmd(root, all_sequences, plot, work_dir, device, no_plot, quiet, as_json,
+                      **method_options) -> int:
     """HPatches-sequences mean matching accuracy (the D2-Net paper's protocol) on ROOT.
 
     ROOT is laid out like hpatches-sequences-release: <seq>/1.ppm .. 6.ppm and
@@ -111,9 +119,7 @@ def eval_hpatches_cmd(root, all_sequences, plot, models, fetch, multiscale, both
     from ..eval.plots import plot_mma
 
     quiet = quiet or as_json
-    methods = _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge,
-                            max_sum_edges, preprocessing, no_relu, max_keypoints, precisions,
-                            baseline, sift_max_features, quiet)
+    methods = _eval_methods(quiet, **method_options)
     with progress(quiet) as show:
         res = evaluate_hpatches(root, methods, work_dir=work_dir, all_sequences=all_sequences,
                                 device=device, progress=show)
@@ -143,12 +149,7 @@ def eval_hpatches_cmd(root, all_sequences, plot, models, fetch, multiscale, both
                     f"{fpi['mean']:.0f}" if kind == "overall" else "",
                     fmt(ms["matches_per_pair"][kind], False),
                     *(fmt(mma[t - 1]) for t in (1, 2, 3, 5, 10)))
-        out_console.print(table)
-        out_console.print(f"MMA in % at 1..10 px. Features and matches cached in {res.work_dir}"
-                          + (f"; plot: {s['plot']}" if s["plot"] else ""),
-                          highlight=False, soft_wrap=True)
-        if res.cache_dropped:
-            err_console.print("[yellow]images changed since the last run: the cache was redone")
+        _footer(table, res, s, "MMA in % at 1..10 px")
         report_failures({k: f"{k}: {v}" for k, v in res.skipped.items()}, "sequences")
         report_failures({k: f"pair {k}: {v}" for k, v in res.failed.items()}, "pairs")
     return EXIT_PARTIAL if res.skipped else finish(res)
@@ -169,10 +170,8 @@ def eval_hpatches_cmd(root, all_sequences, plot, models, fetch, multiscale, both
               help="PNG of the pose-error curves.")
 @eval_options
 @command
-def eval_pose_cmd(root, pairs_file, max_gap, max_error, ransac_trials, plot, models, fetch,
-                  multiscale, both_scales, scales, max_edge, max_sum_edges, preprocessing,
-                  no_relu, max_keypoints, precisions, baseline, sift_max_features, work_dir,
-                  device, no_plot, quiet, as_json) -> int:
+def eval_pose_cmd(root, pairs_file, max_gap, max_error, ransac_trials, plot, work_dir, device,
+                  no_plot, quiet, as_json, **method_options) -> int:
     """Relative-pose AUC at 5/10/20 degrees on image pairs with known cameras under ROOT.
 
     Matches every pair, estimates the essential matrix with RANSAC (pycolmap) and
@@ -182,9 +181,7 @@ def eval_pose_cmd(root, pairs_file, max_gap, max_error, ransac_trials, plot, mod
     from ..eval.pose import evaluate_pose
 
     quiet = quiet or as_json
-    methods = _eval_methods(models, fetch, multiscale, both_scales, scales, max_edge,
-                            max_sum_edges, preprocessing, no_relu, max_keypoints, precisions,
-                            baseline, sift_max_features, quiet)
+    methods = _eval_methods(quiet, **method_options)
     with progress(quiet) as show:
         res = evaluate_pose(root, methods, pairs_file=pairs_file, max_gap=max_gap,
                             max_error=max_error, max_trials=ransac_trials,
@@ -207,11 +204,6 @@ def eval_pose_cmd(root, pairs_file, max_gap, max_error, ransac_trials, plot, mod
             table.add_row(ms["label"], *(fmt(ms["auc"][f"@{t}"]) for t in (5, 10, 20)),
                           fmt(ms["matches_per_pair"], False), fmt(ms["inliers_per_pair"], False),
                           "-" if med is None else f"{med:.2f}°", str(ms["failed_estimates"]))
-        out_console.print(table)
-        out_console.print(f"AUC in %. Features and matches cached in {res.work_dir}"
-                          + (f"; plot: {s['plot']}" if s["plot"] else ""),
-                          highlight=False, soft_wrap=True)
-        if res.cache_dropped:
-            err_console.print("[yellow]images changed since the last run: the cache was redone")
+        _footer(table, res, s, "AUC in %")
         report_failures({k: f"pair {k}: {v}" for k, v in res.failed.items()}, "pairs")
     return finish(res)
