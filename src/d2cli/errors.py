@@ -9,7 +9,8 @@ Exit codes (documented in the README for shell scripts):
  0    everything was done
  1    the command ran, but some items (images, pairs, queries) failed
  2    usage or set-up error: bad option, missing/corrupt input, unknown model,
-      unwritable output, empty input, output locked by another run
+      unwritable output, empty input, output locked by another run, every
+      input failed (nothing written)
  3    internal error (a bug; D2CLI_DEBUG=1 shows the traceback)
  130  interrupted (Ctrl-C / SIGTERM); finished work is saved, re-run to resume
 ====  ==========================================================
@@ -24,6 +25,18 @@ EXIT_PARTIAL = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+
+
+def check_some_done(result: Any, done: int, what: str) -> None:
+    """Raise :class:`NothingDone` when every item of a batch failed (none done before either).
+
+    One bad item costs only itself (exit 1), but a run where all failed is a set-up problem
+    (a wrong folder, a list that resolves nowhere): say so, and leave no empty output.
+    """
+    if result.failed and not done and not result.interrupted:
+        reasons = list(result.failed.values())
+        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+        raise NothingDone(f"all {len(reasons)} {what} failed, nothing was written ({shown})")
 
 
 def exit_status(result: Any) -> int:
@@ -85,6 +98,10 @@ class OutputLocked(D2Error):
 
 class IncompatibleFeatures(D2Error):
     """Features made with different models or settings would be mixed."""
+
+
+class NothingDone(D2Error):
+    """Every input of a batch failed: nothing was written (exit 2, not "some failed")."""
 
 
 class PartialFailure(D2Error):

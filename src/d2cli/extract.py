@@ -21,8 +21,9 @@ import torch
 
 from . import __version__
 from .device import pick_device
-from .errors import BadImage, IncompatibleFeatures, UsageError
+from .errors import BadImage, IncompatibleFeatures, UsageError, check_some_done
 from .images import (
+    DEFAULT_MAX_PIXELS,
     PREPROCESSING,
     ImageItem,
     collect_images,
@@ -209,16 +210,18 @@ class _Loaded:
     error: str | None = None
 
 
-def _prefetch(extractor: Extractor, items: list[ImageItem], workers: int) -> Iterator[_Loaded]:
+def _prefetch(extractor: Extractor, items: list[ImageItem], workers: int,
+              max_pixels: int | None) -> Iterator[_Loaded]:
     """Decode + resize + preprocess in threads, yielding in order with bounded look-ahead."""
 
     def load(item: ImageItem) -> _Loaded:
         try:
-            rgb = load_rgb(item.path)
+            rgb = load_rgb(item.path, max_pixels)
             x, fi, fj = extractor.prepare(rgb)
             return _Loaded(item, x, (fi, fj), (rgb.shape[1], rgb.shape[0]))
-        except BadImage as e:
-            return _Loaded(item, error=str(e))
+        except BadImage as e:  # the message names the file, whatever raised it
+            msg = str(e)
+            return _Loaded(item, error=msg if msg.startswith(str(item.path)) else f"{item.path}: {msg}")
         except MemoryError:
             return _Loaded(item, error=f"{item.path}: out of memory while decoding")
 
@@ -270,6 +273,7 @@ def extract(
     commit_every: int = 16,
     shard: Shard | None = None,
     memory_cap_gb: float | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: ProgressFn | None = None,
 ) -> ExtractResult:
     """Extract D2-Net features of images into an hloc-layout HDF5 file; resumable.
@@ -279,6 +283,7 @@ def extract(
     Ctrl-C stops after the batch in flight and keeps what is finished
     (``result.interrupted``). With ``shard``, only that shard's images
     are extracted, into the shard's part file (images already in ``out`` are skipped).
+    ``max_pixels``: larger images fail (see :func:`~d2cli.images.load_rgb`; 0: no limit).
     """
     t0 = time.perf_counter()
     root, items = collect_images(inputs, image_list, image_root)
@@ -311,7 +316,7 @@ def extract(
         stage = Stage(progress, "extract", unit="img")
         stage.start(len(todo))
         with interruptible() as stop:
-            for batch in stop.each(_batches(_prefetch(extractor, todo, workers), batch_size)):
+            for batch in stop.each(_batches(_prefetch(extractor, todo, workers, max_pixels), batch_size)):
                 if batch[0].error is not None:
                     _fail(result, batch[0].item.name, batch[0].error, stage)
                     continue
@@ -328,6 +333,7 @@ def extract(
                     result.keypoints[b.item.name] = len(feats)
                     stage.advance(b.item.name, keypoints=len(feats))
         result.interrupted = stop.requested
+    check_some_done(result, len(result.extracted) + len(result.skipped), "images")
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -18,6 +18,11 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import BadImage, EmptyInput, InputNotFound, UsageError
 
+# Pillow warns above 89 MP and refuses above 179 MP with messages naming its own files;
+# d2cli checks the size itself (load_rgb's max_pixels), so Pillow's check is off.
+Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff")
 
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
@@ -39,10 +44,11 @@ def collect_images(
 ) -> tuple[Path, list[ImageItem]]:
     """Resolve files/folders or a list file into (image root, items named relative to it)."""
     if image_list is not None:
-        root = Path(image_root or ".").resolve()
         lp = Path(image_list)
         if not lp.is_file():
             raise InputNotFound(f"{lp}: image list not found")
+        # without a root, names are relative to the list file (as COLMAP's image lists)
+        root = Path(image_root).resolve() if image_root is not None else lp.resolve().parent
         names = [ln.strip() for ln in lp.read_text().splitlines()]
         items = [ImageItem(n, root / n) for n in dict.fromkeys(n for n in names if n)]
     else:
@@ -81,15 +87,21 @@ def collect_images(
     return root, items
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
+def load_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image to an (H, W, 3) uint8 RGB array; raises BadImage with the reason.
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images become RGB;
     EXIF orientation is ignored on purpose (COLMAP keeps the stored pixel grid).
+    Images over ``max_pixels`` (default Pillow's own refusal size, ~179 MP; 0 or None:
+    no limit) are refused from their header, before any pixel is decoded.
     """
     p = Path(path)
     try:
         with Image.open(p) as im:
+            w, h = im.size
+            if max_pixels and w * h > max_pixels:
+                raise BadImage(f"{p}: {w}x{h} is {w * h / 1e6:.0f} MP, over the limit of "
+                               f"{max_pixels / 1e6:.0f} MP (--max-pixels N raises it, 0 lifts it)")
             im.load()
             return _to_rgb(im)
     except FileNotFoundError:
@@ -98,8 +110,6 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise BadImage(f"{p}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"{p}: cannot decode ({e})") from None
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"{p}: {e}") from None
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

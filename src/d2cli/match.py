@@ -28,7 +28,7 @@ import torch
 
 from . import __version__
 from .device import pick_device
-from .errors import D2Error, EmptyInput, IncompatibleFeatures, UsageError
+from .errors import D2Error, EmptyInput, IncompatibleFeatures, UsageError, check_some_done
 from .io.features import FeatureFile, MatchFile, matches_to_arrays, pair_key
 from .io.h5store import H5Store
 from .io.pairs import normalize_pairs, read_pairs
@@ -392,6 +392,7 @@ def match(
             finally:
                 result.descriptor_reads = cache.reads
                 result.seconds = time.perf_counter() - t_match
+    check_some_done(result, len(result.matched) + len(result.skipped), "pairs")
     return result
 
 

@@ -23,8 +23,9 @@ from typing import Any
 
 from .colmap.database import database_stats
 from .colmap.importer import colmap_import
-from .errors import IncompatibleFeatures, OutputError, UsageError
+from .errors import D2Error, IncompatibleFeatures, OutputError, UsageError
 from .extract import ExtractSettings, extract
+from .images import DEFAULT_MAX_PIXELS
 from .io.atomic import write_json_atomic
 from .io.features import FeatureFile
 from .io.pairs import read_pairs
@@ -88,6 +89,7 @@ def sfm(
     seed: int = 0,
     intrinsics: str = "auto",
     device: str = "auto",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     verbose: bool = False,
     progress: ProgressFn | None = None,
 ) -> SfmResult:
@@ -127,7 +129,7 @@ def sfm(
 
     # 1. features
     ex = extract(images, feats, model=model, settings=extract_settings, device=device,
-                 progress=progress)
+                 max_pixels=max_pixels, progress=progress)
     if not result.record("extract", ex, bool(ex.extracted)):
         return done()
     status.say(f"extract: {ex.total - len(ex.failed)} images, {len(ex.extracted)} extracted now")
@@ -159,7 +161,7 @@ def sfm(
     s = _reconstruct_step(result, database, sparse, stamp_path, p["image_root"],
                           dict(mapper=mapper, seed=seed, intrinsics=intrinsics,
                                num_threads=num_threads, verbose=verbose, progress=progress))
-    status.say(f"reconstruct: {s['registered']}/{s['images']} images registered")
+    status.say(f"reconstruct: {s['registered']}/{result.steps['extract']['images']} images registered")
     return done()
 
 
@@ -194,7 +196,13 @@ def _reconstruct_step(result: SfmResult, database: Path, sparse: Path, stamp_pat
     else:
         stamp_path.unlink(missing_ok=True)  # the old model no longer matches the database
         images = image_root if image_root and Path(image_root).is_dir() else None
-        rc = reconstruct(database, sparse, image_dir=images, **options)
+        try:
+            rc = reconstruct(database, sparse, image_dir=images, **options)
+        except D2Error as e:  # name the inputs that failed earlier: they may be why
+            if not result.failed:
+                raise
+            shown = "; ".join(list(result.failed.values())[:3])
+            raise type(e)(f"{e} ({len(result.failed)} inputs had failed before: {shown})") from None
         result.steps["reconstruct"] = rc.summary()
         write_json_atomic(stamp_path, {"made_from": made_from, "summary": rc.summary()})
     return result.steps["reconstruct"]

@@ -17,6 +17,7 @@ from .common import (
     finish,
     json_option,
     mapping_options,
+    max_pixels_option,
     model_option,
     parse_floats,
     parse_pycolmap_options,
@@ -90,11 +91,16 @@ def colmap_import_cmd(database, features, matches, pairs_file, image_dir, camera
     return finish(result, None if as_json else "names or pairs")
 
 
-def _reconstruct_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
+def _reconstruct_rows(s: dict[str, Any], inputs: int | None = None) -> list[tuple[str, Any]]:
+    """Summary rows of a model; ``inputs``: images given to d2 sfm (some may have failed)."""
+    notes = []
+    if inputs is not None and inputs != s["images"]:
+        notes.append(f"{inputs - s['images']} failed before mapping")
+    if s["connected_images"] != s["images"]:
+        notes.append(f"{s['connected_images']} with verified pairs")
     rows = [
-        ("images registered", f"{s['registered']} / {s['images']}"
-                              + (f" ({s['connected_images']} with verified pairs)"
-                                 if s["connected_images"] != s["images"] else "")),
+        ("images registered", f"{s['registered']} / {inputs if inputs is not None else s['images']}"
+                              + (f" ({', '.join(notes)})" if notes else "")),
         ("3D points", s["points3D"]),
         ("mean track length", f"{s['mean_track_length']:.2f}"),
         ("mean reprojection error", f"{s['mean_reprojection_error']:.3f} px"),
@@ -159,6 +165,7 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @click.option("--max-edge", default=1600, show_default=True, help="Extraction resize limit.")
 @click.option("--multiscale", is_flag=True, help="Scales 0.5, 1, 2 (the paper's D2-Net MS).")
 @click.option("--max-keypoints", type=int, help="Keep the K highest scores per image.")
+@max_pixels_option
 @click.option("--ratio", type=float, help="Lowe ratio test in matching, e.g. 0.95.")
 @camera_options
 @mapping_options
@@ -167,7 +174,7 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @quiet_option
 @json_option
 @command
-def sfm_cmd(images, out, model, max_edge, multiscale, max_keypoints, ratio, camera_mode,
+def sfm_cmd(images, out, model, max_edge, multiscale, max_keypoints, max_pixels, ratio, camera_mode,
             camera_model, camera_params, mapper, intrinsics, threads, seed, device, verbose,
             quiet, as_json) -> int:
     """Images -> COLMAP model: extract, pairs (exhaustive), match, colmap-import, reconstruct.
@@ -186,13 +193,13 @@ def sfm_cmd(images, out, model, max_edge, multiscale, max_keypoints, ratio, came
                      camera_mode=camera_mode, camera_model=camera_model,
                      camera_params=parse_floats(camera_params, "--camera-params"),
                      mapper=mapper, intrinsics=intrinsics, num_threads=threads, seed=seed,
-                     device=device, verbose=verbose, progress=show)
+                     device=device, max_pixels=max_pixels, verbose=verbose, progress=show)
     s = result.summary()
     if as_json:
         print_json(s)
     elif not result.interrupted:
         rec = result.model
-        summary_table(f"d2 sfm -> {out}", _reconstruct_rows(rec) + [
+        summary_table(f"d2 sfm -> {out}", _reconstruct_rows(rec, s["steps"]["extract"]["images"]) + [
             ("model", f"{out}/sparse"),
             ("steps skipped (already done)", ", ".join(result.skipped) or "none"),
             ("time", f"{s['seconds']:.1f} s"),

@@ -47,6 +47,8 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             code = fn(*args, **kwargs)
         except D2Error as e:
             err_console.print(f"[bold red]d2: error:[/] {e}", highlight=False, soft_wrap=True)
+            if kwargs.get("as_json"):  # scripts always get one JSON object
+                print_json({"error": str(e), "exit_code": e.exit_code})
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             err_console.print(INTERRUPTED)
@@ -238,6 +240,10 @@ query_ref_options = options(
     click.option("--ref-prefix", help="References: the names starting with this."),
     click.option("--ref-list", type=click.Path(), help="References: the names in this file."),
 )
+
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(min=0), default=2 * 89_478_485, show_default=True,
+    help="Refuse larger images (aerial, panoramas: raise it; 0: no limit).")
 
 image_dir_option = click.option(
     "--image-dir", type=click.Path(),

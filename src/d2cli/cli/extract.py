@@ -12,9 +12,11 @@ from .common import (
     extract_settings,
     finish,
     json_option,
+    max_pixels_option,
     model_option,
     multiscale_options,
     network_options,
+    out_console,
     print_json,
     progress,
     quiet_option,
@@ -41,6 +43,7 @@ from .common import (
               show_default=True, help="Trunk precision (detection stays fp32).")
 @click.option("--memory-cap", type=float, help="GB for one network call; larger batches split.")
 @click.option("--workers", default=2, show_default=True, help="Decoding threads.")
+@max_pixels_option
 @click.option("--commit-every", default=16, show_default=True,
               help="Save finished images to disk every N images (and every 30 s).")
 @click.option("--shard", help="Extract only shard i/n (0-based) into OUT's part file; "
@@ -51,7 +54,7 @@ from .common import (
 @command
 def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, max_edge,
                 max_sum_edges, preprocessing, no_relu, max_keypoints, descriptor_dtype, device,
-                batch_size, precision, memory_cap, workers, commit_every, shard, overwrite, quiet,
+                batch_size, precision, memory_cap, workers, max_pixels, commit_every, shard, overwrite, quiet,
                 as_json) -> int:
     """Extract D2-Net features of IMAGES (files and/or folders) into an HDF5 file.
 
@@ -68,16 +71,20 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
             images, out, model=model, settings=settings, image_list=image_list,
             image_root=image_root, device=run.device, batch_size=batch_size, overwrite=overwrite,
             workers=workers, commit_every=commit_every, shard=run.shard,
-            memory_cap_gb=memory_cap, progress=show)
+            memory_cap_gb=memory_cap, max_pixels=max_pixels, progress=show)
     s = result.summary()
     if as_json:
         print_json(s)
     else:
+        if s["skipped"] == s["images"]:
+            out_console.print(f"d2 extract: all {s['images']} images already in {out} "
+                              "(--overwrite redoes them)", highlight=False, soft_wrap=True)
+            return finish(result)
         summary_table(f"d2 extract -> {out}", [
             ("model", s["model"]), ("images", s["images"]), ("extracted", s["extracted"]),
             ("already done", s["skipped"]), ("failed", len(s["failed"])),
             ("keypoints / image", f"{s['keypoints_mean']:.0f} [{s['keypoints_min']}, "
-                                  f"{s['keypoints_max']}]"),
+                                  f"{s['keypoints_max']}]" if s["extracted"] else "-"),
             ("time", f"{s['seconds']:.1f} s ({s['images_per_second']:.2f} img/s)"),
         ])
     return finish(result, None if as_json else "images")

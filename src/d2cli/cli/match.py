@@ -10,6 +10,7 @@ from .common import (
     device_option,
     finish,
     json_option,
+    out_console,
     print_json,
     progress,
     quiet_option,
@@ -59,11 +60,15 @@ def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, devi
     if as_json:
         print_json(s)
     else:
+        if s["skipped"] == s["pairs"]:
+            out_console.print(f"d2 match: all {s['pairs']} pairs already matched in {out} "
+                              "(--overwrite redoes them)", highlight=False, soft_wrap=True)
+            return finish(result)
         summary_table(f"d2 match -> {out}", [
             ("pairs", s["pairs"]), ("matched", s["matched"]), ("already done", s["skipped"]),
             ("failed", len(s["failed"])),
             ("matches / pair", f"{s['matches_mean']:.0f} [{s['matches_min']}, "
-                               f"{s['matches_max']}]"),
+                               f"{s['matches_max']}]" if s["matched"] else "-"),
             ("descriptor reads", f"{s['descriptor_reads']} ({s['images']} images)"),
             ("device", s["device"]),
             ("time", f"{s['seconds']:.1f} s ({s['pairs_per_second']:.2f} pairs/s)"),

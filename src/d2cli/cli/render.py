@@ -98,11 +98,11 @@ class Renderer:
             console=console, disable=not self.live, transient=False)
 
     def __enter__(self) -> Renderer:
-        self.bars.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bars.__exit__(None, None, None)
+        if self.bars.live.is_started:
+            self.bars.stop()
 
     def __call__(self, e: ProgressEvent) -> None:
         if e.error:
@@ -128,6 +128,8 @@ class Renderer:
 
     def _draw(self, st: _StageState, e: ProgressEvent) -> None:
         if st.task is None:
+            if not self.bars.live.is_started:  # not before: a set-up error leaves no blank line
+                self.bars.start()
             st.task = self.bars.add_task(e.stage, total=e.total, completed=e.done, unit=e.unit,
                                          rate="", extra="")
         self.bars.update(st.task, completed=e.done, total=e.total, rate=st.rate(e),

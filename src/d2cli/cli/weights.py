@@ -25,9 +25,8 @@ def weights_list_cmd(as_json) -> int:
     if as_json:
         print_json({"cache": str(cache_dir()), "models": [e.as_dict() for e in entries]})
         return 0
-    table = Table(title=f"d2 weights (cache: {cache_dir()})", title_justify="left")
-    for col in ("name", "kind", "available", "size", "sha256", "licence", "source"):
-        table.add_column(col, overflow="fold")
+    columns = ("name", "kind", "available", "size", "sha256", "licence", "source")
+    rows = []
     for e in entries:
         if e.available:
             avail = "yes" if e.recorded_sha256 in (None, e.sha256) else "yes (changed since fetch)"
@@ -35,8 +34,18 @@ def weights_list_cmd(as_json) -> int:
             avail = f"no (partial: {e.partial_bytes / 1e6:.1f} MB)"
         else:
             avail = "no"
-        table.add_row(e.name, e.kind, avail, f"{e.size / 1e6:.1f} MB" if e.size else "-",
-                      e.sha256[:16] + "…" if e.sha256 else "-", e.licence, e.source)
+        rows.append((e.name, e.kind, avail, f"{e.size / 1e6:.1f} MB" if e.size else "-",
+                     e.sha256[:16] + "…" if e.sha256 else "-", e.licence, e.source))
+    if not out_console.is_terminal:  # piped: one tab-separated line per model, no wrapping
+        click.echo("\t".join(columns))
+        for r in rows:
+            click.echo("\t".join(r))
+        return 0
+    table = Table(title=f"d2 weights (cache: {cache_dir()})", title_justify="left")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
     out_console.print(table)
     if not all(e.available for e in entries):
         out_console.print("Fetch a missing model with `d2 weights fetch NAME`; --json gives "

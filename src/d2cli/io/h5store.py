@@ -284,7 +284,7 @@ class H5Store:
         """Fold the final file and all parts into a new final file (atomic rename)."""
         self.commit(wait=True)
         parts = self._part_files()
-        if not parts and self.path.exists():
+        if not parts:  # nothing new: the final file (or none, never an empty one) stays
             return
         sources = ([self.path] if self.path.exists() else []) + parts
         self._merge_into(self.path, sources)

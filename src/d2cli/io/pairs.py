@@ -29,13 +29,22 @@ def normalize_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Read a pairs file without self pairs and duplicate unordered pairs."""
     return normalize_pairs(read_pair_lines(path))
 
 
 def read_pair_lines(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """The pairs as listed; blank lines and ``#`` comments are ignored; extra columns too."""
+    """The pairs as listed; blank lines and ``#`` comments are ignored, and so are numeric
+    columns after the names (scores); a third name is refused."""
     p = Path(path)
     if not p.is_file():
         raise InputNotFound(f"{p}: pairs file not found")
@@ -47,6 +56,9 @@ def read_pair_lines(path: str | os.PathLike) -> list[tuple[str, str]]:
         parts = line.split()
         if len(parts) < 2:
             raise BadFile(f"{p}:{lineno}: expected 'name0 name1', got {line!r}")
+        if any(not _is_number(x) for x in parts[2:]):  # a third name is a mistake, not a column
+            raise BadFile(f"{p}:{lineno}: expected 'name0 name1' (numeric columns after them "
+                          f"are ignored), got {line!r}")
         pairs.append((parts[0], parts[1]))
     return pairs
 
