@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from d2cli.io.pairs import normalize_pairs, read_pairs
+from d2cli.pairs import pairs_from_retrieval, read_global_descriptors
+
 FAST = ["--max-edge", "200", "--device", "cpu"]
 
 
@@ -75,7 +78,7 @@ def test_third_name_on_a_pairs_line_is_refused(d2, two, tmp_path):
     assert again.returncode == 0 and "all 1 pairs already matched" in again.stdout
     pairs.write_text(f"{a} {b} {a}\n")
     proc = d2("match", "--pairs", pairs, "--features", feats, "--out", tmp_path / "n.h5")
-    assert proc.returncode == 2 and f"pairs.txt:1: expected 'name0 name1'" in proc.stderr
+    assert proc.returncode == 2 and "pairs.txt:1: expected 'name0 name1'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -86,3 +89,59 @@ def test_weights_list_piped_is_one_line_per_model(d2):
     assert lines[0].split("\t")[:3] == ["name", "kind", "available"]
     assert any(ln.startswith("d2cli-v1\tbuilt-in\tyes\t") for ln in lines[1:])
     assert all(len(ln.split("\t")) == 7 for ln in lines[:-1] if "\t" in ln)
+
+
+SUBSET = ["02928139_3448003521.jpg", "17295357_9106075285.jpg", "44120379_8371960244.jpg",
+          "51091044_3486849416.jpg", "71295362_4051449754.jpg", "93341989_396310999.jpg"]
+
+
+@pytest.fixture(scope="module")
+def six(tmp_path_factory, samples_dir) -> Path:
+    root = tmp_path_factory.mktemp("six")
+    for n in SUBSET:
+        shutil.copy(samples_dir / n, root / n)
+    (root / "list.txt").write_text("".join(n + "\n" for n in SUBSET))
+    return root
+
+
+def test_sfm_sequential_pairs_from_an_image_list_then_export(d2, six, tmp_path):
+    import pycolmap
+
+    w = tmp_path / "w"
+    proc = d2("sfm", "--image-list", six / "list.txt", "--out", w, "--max-edge", "400",
+              "--pairs-from", "sequential", "--overlap", "3", "--device", "cpu", "--json")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["steps"]["pairs"]["method"] == "sequential"
+    assert s["steps"]["pairs"]["pairs"] == 5 + 4 + 3 and s["steps"]["match"]["pairs"] == 12
+    assert s["steps"]["reconstruct"]["registered"] >= 3
+    txt = tmp_path / "txt"
+    assert d2("export", w / "sparse", "--out", txt).returncode == 0
+    rec, back = pycolmap.Reconstruction(w / "sparse"), pycolmap.Reconstruction(txt)
+    assert (txt / "points3D.txt").is_file() and back.num_points3D() == rec.num_points3D()
+    ply = tmp_path / "points.ply"
+    proc = d2("export", w / "sparse", "--out", ply, "--format", "ply", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["points3D"] == rec.num_points3D()
+    assert f"element vertex {rec.num_points3D()}".encode() in ply.read_bytes()[:200]
+
+
+def test_sfm_retrieval_pairs_need_every_image_in_the_descriptors(d2, six, tmp_path):
+    import h5py
+
+    desc = tmp_path / "global.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(desc, "w") as f:
+        for n in SUBSET[:5]:
+            f.create_dataset(f"{n}/global_descriptor", data=rng.normal(size=64).astype("f4"))
+    args = ["sfm", six, "--out", tmp_path / "w", "--max-edge", "200", "--device", "cpu",
+            "--pairs-from", "retrieval", "--descriptors", desc, "--num-matched", "2"]
+    proc = d2(*args)
+    assert proc.returncode == 2 and f"no global descriptor for 1 image(s), e.g. {SUBSET[5]}" \
+        in proc.stderr
+    with h5py.File(desc, "a") as f:
+        f.create_dataset(f"{SUBSET[5]}/global_descriptor", data=rng.normal(size=64).astype("f4"))
+    d2(*args)  # mapping random pairs may fail; the pairs are written before it
+    names, d = read_global_descriptors(desc)
+    expected = pairs_from_retrieval(names, d, 2)
+    assert read_pairs(tmp_path / "w" / "pairs.txt") == normalize_pairs(expected)
+    assert 6 <= len(expected) <= 12  # 2 per image, unordered duplicates dropped

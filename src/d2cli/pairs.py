@@ -275,6 +275,67 @@ def pairs_from_retrieval(names: Sequence[str], descriptors: np.ndarray, num_matc
     return normalize_pairs(pairs)
 
 
+# --------------------------------------------------------------------------- strategies
+PAIR_METHODS = ("exhaustive", "sequential", "retrieval", "file")
+
+
+@dataclass(frozen=True)
+class PairStrategy:
+    """How a pipeline (``d2 sfm``) chooses the pairs among the images that have features.
+
+    ``exhaustive``: all pairs (N^2/2: fine up to a few hundred images); ``sequential``:
+    each image with the next ``overlap`` in name order (video); ``retrieval``: each image
+    with its ``num_matched`` nearest in the global-descriptor file ``descriptors`` (hloc
+    layout, e.g. NetVLAD); ``file``: the pairs of ``file``, as given.
+    """
+
+    method: str = "exhaustive"
+    overlap: int = 5
+    descriptors: str | None = None
+    num_matched: int = 20
+    file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in PAIR_METHODS:
+            raise UsageError(f"unknown pair method {self.method!r} ({', '.join(PAIR_METHODS)})")
+        if self.method == "retrieval" and self.descriptors is None:
+            raise UsageError("retrieval pairs need a global-descriptor file (--descriptors)")
+        if self.method == "file" and self.file is None:
+            raise UsageError("pairs from a file need the file (--pairs FILE)")
+
+    def make(self, names: Sequence[str]) -> list[Pair]:
+        """The pairs of ``names`` (images with features; pairs naming others are dropped)."""
+        if self.method == "sequential":
+            return pairs_sequential(sorted(names), self.overlap)
+        if self.method == "retrieval":
+            assert self.descriptors is not None
+            all_names, desc = read_global_descriptors(self.descriptors)
+            have = set(names)
+            keep = [i for i, n in enumerate(all_names) if n in have]
+            if len(keep) < len(have):
+                missing = sorted(have - set(all_names))
+                raise MissingName(f"{self.descriptors}: no global descriptor for {len(missing)} "
+                                  f"image(s), e.g. {missing[0]}")
+            return pairs_from_retrieval([all_names[i] for i in keep], desc[keep], self.num_matched)
+        if self.method == "file":
+            from .io.pairs import read_pairs
+
+            assert self.file is not None
+            have = set(names)
+            return [(a, b) for a, b in read_pairs(self.file) if a in have and b in have]
+        return pairs_exhaustive(sorted(names))
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"method": self.method}
+        if self.method == "sequential":
+            d["overlap"] = self.overlap
+        elif self.method == "retrieval":
+            d.update(descriptors=self.descriptors, num_matched=self.num_matched)
+        elif self.method == "file":
+            d["file"] = self.file
+        return d
+
+
 # --------------------------------------------------------------------------- output
 def save_pairs(pairs: Sequence[Pair], out: str | os.PathLike = "pairs.txt",
                method: str = "") -> PairsResult:

@@ -28,10 +28,10 @@ from .extract import ExtractSettings, extract
 from .images import DEFAULT_MAX_PIXELS
 from .io.atomic import write_json_atomic
 from .io.features import FeatureFile
-from .io.pairs import read_pairs
+from .io.pairs import normalize_pairs, read_pairs
 from .jobs import ProgressFn, Stage, relabel
 from .match import MatchSettings, match
-from .pairs import pairs_exhaustive, save_pairs
+from .pairs import PairStrategy, save_pairs
 from .reconstruct import MODEL_FILES, reconstruct
 
 STEPS = ("extract", "pairs", "match", "import", "reconstruct")
@@ -90,6 +90,9 @@ def sfm(
     intrinsics: str = "auto",
     device: str = "auto",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    pairs: PairStrategy | None = None,
+    image_list: str | os.PathLike | None = None,
+    image_root: str | os.PathLike | None = None,
     verbose: bool = False,
     progress: ProgressFn | None = None,
 ) -> SfmResult:
@@ -98,6 +101,9 @@ def sfm(
     Options are those of the steps (:func:`~d2cli.extract.extract`, :func:`~d2cli.match.match`,
     :func:`~d2cli.colmap.colmap_import`, :func:`~d2cli.reconstruct.reconstruct`); with
     ``camera_params`` the intrinsics stay fixed unless ``intrinsics="refine"``.
+    ``pairs`` chooses what is matched (:class:`~d2cli.pairs.PairStrategy`: exhaustive by
+    default; sequential, retrieval or a pairs file for large sets). ``image_list`` (with
+    ``images`` empty) names the images, relative to ``image_root`` or the list's folder.
 
     ``progress`` gets the events of every step (stage ``extract``, ``match``,
     ``import <stage>``, ``mapping``) and a status line (stage ``sfm``) as each step ends.
@@ -129,13 +135,14 @@ def sfm(
 
     # 1. features
     ex = extract(images, feats, model=model, settings=extract_settings, device=device,
-                 max_pixels=max_pixels, progress=progress)
+                 image_list=image_list, image_root=image_root, max_pixels=max_pixels,
+                 progress=progress)
     if not result.record("extract", ex, bool(ex.extracted)):
         return done()
     status.say(f"extract: {ex.total - len(ex.failed)} images, {len(ex.extracted)} extracted now")
 
     # 2. pairs: every pair of the images that have features
-    p = _pairs_step(result, feats, pairs_path)
+    p = _pairs_step(result, feats, pairs_path, pairs or PairStrategy())
     status.say(f"pairs: {p['pairs']} pairs of {p['images']} images")
 
     # 3. matches
@@ -165,20 +172,21 @@ def sfm(
     return done()
 
 
-def _pairs_step(result: SfmResult, feats: Path, pairs_path: Path) -> dict[str, Any]:
-    """Every pair of the images that have features; the file is rewritten only if it differs."""
+def _pairs_step(result: SfmResult, feats: Path, pairs_path: Path,
+                strategy: PairStrategy) -> dict[str, Any]:
+    """The pairs of the images that have features; the file is rewritten only if it differs."""
     with FeatureFile(feats) as ff:
         names = sorted(ff.names)
         image_root = ff.attrs.get("image_root")
     if len(names) < 2:
         raise UsageError(f"{len(names)} image(s) with features: a reconstruction needs at least 2")
-    pair_list = pairs_exhaustive(names)
+    pair_list = normalize_pairs(strategy.make(names))
     if pairs_path.is_file() and read_pairs(pairs_path) == pair_list:
         result.skipped.append("pairs")
     else:
-        save_pairs(pair_list, pairs_path, method="exhaustive")
+        save_pairs(pair_list, pairs_path, method=strategy.method)
     result.steps["pairs"] = {"out": str(pairs_path), "pairs": len(pair_list),
-                             "images": len(names)}
+                             "images": len(names), **strategy.as_dict()}
     return {**result.steps["pairs"], "image_root": image_root}
 
 

@@ -1,4 +1,4 @@
-"""``d2 colmap-import``, ``d2 reconstruct`` and ``d2 sfm``."""
+"""``d2 colmap-import``, ``d2 reconstruct``, ``d2 sfm`` and ``d2 export``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .common import (
     mapping_options,
     max_pixels_option,
     model_option,
+    out_console,
     parse_floats,
     parse_pycolmap_options,
     print_json,
@@ -158,7 +159,10 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 
 
 @main.command("sfm")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, type=click.Path(path_type=str))
+@click.option("--image-list", type=click.Path(), help="File with one image name per line.")
+@click.option("--image-root", type=click.Path(),
+              help="Root the listed names are relative to [default: the list's folder].")
 @click.option("--out", "-o", default="sfm", show_default=True,
               help="Work folder: feats.h5, pairs.txt, matches.h5, database.db, sparse/.")
 @model_option()
@@ -166,6 +170,16 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @click.option("--multiscale", is_flag=True, help="Scales 0.5, 1, 2 (the paper's D2-Net MS).")
 @click.option("--max-keypoints", type=int, help="Keep the K highest scores per image.")
 @max_pixels_option
+@click.option("--pairs-from", type=click.Choice(["exhaustive", "sequential", "retrieval"]),
+              default="exhaustive", show_default=True,
+              help="Which pairs to match: all, each image with the next --overlap, or the "
+                   "--num-matched nearest by global descriptor (--descriptors).")
+@click.option("--overlap", default=5, show_default=True, help="sequential: images paired ahead.")
+@click.option("--descriptors", type=click.Path(),
+              help="retrieval: global descriptors (hloc layout: <name>/global_descriptor).")
+@click.option("--num-matched", default=20, show_default=True, help="retrieval: pairs per image.")
+@click.option("--pairs", "pairs_file", type=click.Path(),
+              help="Match the pairs of this file instead (names as in the features).")
 @click.option("--ratio", type=float, help="Lowe ratio test in matching, e.g. 0.95.")
 @camera_options
 @mapping_options
@@ -174,17 +188,21 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @quiet_option
 @json_option
 @command
-def sfm_cmd(images, out, model, max_edge, multiscale, max_keypoints, max_pixels, ratio, camera_mode,
-            camera_model, camera_params, mapper, intrinsics, threads, seed, device, verbose,
-            quiet, as_json) -> int:
-    """Images -> COLMAP model: extract, pairs (exhaustive), match, colmap-import, reconstruct.
+def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, max_keypoints,
+            max_pixels, pairs_from, overlap, descriptors, num_matched, pairs_file, ratio,
+            camera_mode, camera_model, camera_params, mapper, intrinsics, threads, seed, device,
+            verbose, quiet, as_json) -> int:
+    """Images -> COLMAP model: extract, pairs, match, colmap-import, reconstruct.
 
     Every step's output stays in --out and every step resumes: re-running after an
     interruption or with more images redoes only what is missing.
     """
     from ..match import MatchSettings
+    from ..pairs import PairStrategy
     from ..sfm import sfm
 
+    strategy = PairStrategy("file" if pairs_file else pairs_from, overlap=overlap,
+                            descriptors=descriptors, num_matched=num_matched, file=pairs_file)
     settings = extract_settings(chosen_scales(None, multiscale), max_edge=max_edge,
                                 max_keypoints=max_keypoints)
     with progress(quiet or as_json) as show:
@@ -193,7 +211,9 @@ def sfm_cmd(images, out, model, max_edge, multiscale, max_keypoints, max_pixels,
                      camera_mode=camera_mode, camera_model=camera_model,
                      camera_params=parse_floats(camera_params, "--camera-params"),
                      mapper=mapper, intrinsics=intrinsics, num_threads=threads, seed=seed,
-                     device=device, max_pixels=max_pixels, verbose=verbose, progress=show)
+                     device=device, max_pixels=max_pixels, pairs=strategy,
+                     image_list=image_list, image_root=image_root, verbose=verbose,
+                     progress=show)
     s = result.summary()
     if as_json:
         print_json(s)
@@ -206,3 +226,24 @@ def sfm_cmd(images, out, model, max_edge, multiscale, max_keypoints, max_pixels,
         ])
         _report_unregistered(rec.get("unregistered", []))
     return finish(result, None if as_json else "images or pairs")
+
+
+@main.command("export")
+@click.argument("model_dir", type=click.Path())
+@click.option("--out", "-o", required=True,
+              help="Folder (txt, bin) or .ply file to write.")
+@click.option("--format", "fmt", type=click.Choice(["txt", "bin", "ply"]), default="txt",
+              show_default=True, help="COLMAP text or binary model files, or the 3D points as PLY.")
+@json_option
+@command
+def export_cmd(model_dir, out, fmt, as_json) -> int:
+    """Write the COLMAP model in MODEL_DIR as text/binary files or as a PLY point cloud."""
+    from ..export import export_model
+
+    s = export_model(model_dir, out, fmt).summary()
+    if as_json:
+        print_json(s)
+    else:
+        out_console.print(f"d2 export: {s['images']} images, {s['points3D']} points -> "
+                          f"{s['out']} ({fmt})", highlight=False, soft_wrap=True)
+    return 0
