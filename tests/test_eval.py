@@ -451,3 +451,17 @@ def test_method_labels_name_scales_and_precision():
     assert d2_method(None, ExtractSettings()).label == DEFAULT_MODEL
     assert d2_method(None, ExtractSettings(scales=(0.5, 1, 2), precision="bf16")).label == \
         f"{DEFAULT_MODEL} MS bf16"
+
+
+def test_hpatches_refine_adds_a_refined_curve_on_the_same_matches(hp_run, hp_root, d2):
+    """--refine: the cached features and matches, each pair refined; more accurate at 1 px."""
+    out, _ = hp_run
+    proc = d2("eval", "hpatches", hp_root, "--refine", "--work-dir", out / "work", "--no-plot",
+              "--device", "cpu", "--json")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    plain, refined = s["methods"]
+    assert refined["label"] == plain["label"] + " + refine"
+    assert refined["matches_per_pair"] == plain["matches_per_pair"]  # same matches
+    assert refined["extracted"] == 0 and refined["seconds_refine"] > 0
+    assert refined["mma"]["overall"][0] > plain["mma"]["overall"][0]

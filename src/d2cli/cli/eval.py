@@ -48,6 +48,9 @@ eval_options = options(
         click.option("--precision", "precisions", multiple=True,
                      type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
                      help="Trunk precision; repeat to compare (one curve each) [default: fp32]."),
+        click.option("--refine", is_flag=True,
+                     help="Also each D2 method with featuremetric two-view refinement of its "
+                          "matched keypoints (same features and matches; one more curve)."),
         click.option("--baseline", type=click.Choice(["sift"]), multiple=True,
                      help="Add COLMAP SIFT (pycolmap, CPU) on the same images."),
         click.option("--sift-max-features", default=8192, show_default=True),
@@ -61,10 +64,10 @@ eval_options = options(
 
 
 def _eval_methods(quiet: bool, models, fetch, multiscale, both_scales, scales, max_edge,
-                  max_sum_edges, preprocessing, no_relu, max_keypoints, precisions, baseline,
-                  sift_max_features) -> list[Any]:
+                  max_sum_edges, preprocessing, no_relu, max_keypoints, precisions, refine,
+                  baseline, sift_max_features) -> list[Any]:
     """The methods the eval options name: each model x scales x precision, and SIFT."""
-    from ..eval.methods import SiftSettings, d2_method, sift_method
+    from ..eval.methods import SiftSettings, d2_method, refined_method, sift_method
     from ..extract import MULTI_SCALE, SINGLE_SCALE
     from ..weights.fetch import ensure_model
 
@@ -85,6 +88,8 @@ def _eval_methods(quiet: bool, models, fetch, multiscale, both_scales, scales, m
                                             no_relu, max_keypoints, descriptor_dtype="float32",
                                             precision=precision)
                 methods.append(d2_method(model, settings))
+                if refine:
+                    methods.append(refined_method(methods[-1]))
     if "sift" in baseline:
         methods.append(sift_method(SiftSettings(max_image_size=max_edge,
                                                 max_num_features=sift_max_features)))

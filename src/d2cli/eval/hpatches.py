@@ -224,7 +224,8 @@ def evaluate_hpatches(
         return HPatchesResult(root, work, seqs, skipped, excluded, [], {}, dropped,
                               time.perf_counter() - t0, interrupted=True)
 
-    readers = [PairReader(r) for r in runs]
+    paths = {it.name: it.path for it in items}
+    readers = [PairReader(r, paths, progress, len(pairs)) for r in runs]
     try:
         failed: dict[str, str] = {}
         for s in seqs:

@@ -11,11 +11,12 @@ mtime of every image seen: when an image changes, the cached files are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,17 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..device import pick_device
 from ..errors import OutputError, UsageError
 from ..extract import ExtractSettings, extract
-from ..images import ImageItem
+from ..images import ImageItem, load_rgb
 from ..io.atomic import write_json_atomic
 from ..io.features import FeatureFile, MatchFile
 from ..io.h5store import H5Store
 from ..jobs import ProgressFn, Stage, interruptible, relabel
 from ..match import match
 from ..pyramid import MULTI_SCALE, SINGLE_SCALE
+from ..refine import PatchFeatures, RefineConfig, refine_pair
 from ..weights import ModelInfo, cache_dir, resolve_model
 
 Pair = tuple[str, str]
@@ -63,7 +66,12 @@ class Method:
     model: str | None = None  # d2: registry name or .pth path
     settings: ExtractSettings | None = None
     sift: SiftSettings | None = None
+    refine: RefineConfig | None = None  # d2: two-view featuremetric refinement of each pair
 
+
+def refined_method(m: Method, config: RefineConfig | None = None) -> Method:
+    """The same features and matches, each pair's keypoints refined (:func:`refine_pair`)."""
+    return dataclasses.replace(m, label=f"{m.label} + refine", refine=config or RefineConfig())
 
 def d2_method(model: str | None, settings: ExtractSettings, label: str | None = None) -> Method:
     if label is None:
@@ -87,8 +95,7 @@ def unique_labels(methods: Sequence[Method]) -> list[Method]:
     for m in methods:
         n = seen.get(m.label, 0)
         seen[m.label] = n + 1
-        out.append(m if n == 0 else Method(f"{m.label} ({n + 1})", m.kind, m.model,
-                                           m.settings, m.sift))
+        out.append(m if n == 0 else dataclasses.replace(m, label=f"{m.label} ({n + 1})"))
     return out
 
 
@@ -109,6 +116,7 @@ class MethodRun:
     failed: dict[str, str] = field(default_factory=dict)  # image name -> reason
     seconds_extract: float = 0.0
     seconds_match: float = 0.0
+    seconds_refine: float = 0.0
     interrupted: bool = False
 
     def info(self) -> dict[str, Any]:
@@ -120,6 +128,8 @@ class MethodRun:
             "matched": self.matched, "reused_matches": self.reused_matches,
             "failed_images": self.failed, "seconds_extract": round(self.seconds_extract, 3),
             "seconds_match": round(self.seconds_match, 3),
+            "seconds_refine": round(self.seconds_refine, 3),
+            "refine": self.method.refine.as_dict() if self.method.refine else None,
         }
 
 
@@ -326,13 +336,26 @@ class PairData:
 
 
 class PairReader:
-    """Keypoints and matches of a method's pairs, keypoints read once per image."""
+    """Keypoints and matches of a method's pairs, keypoints read once per image.
 
-    def __init__(self, run: MethodRun) -> None:
+    For a method with ``refine``, each pair's keypoints come refined (two-view, image 0
+    fixed), which needs ``images`` (name -> path); ``progress`` then gets one event per
+    refined pair (stage ``refine <label>``, ``total`` pairs).
+    """
+
+    def __init__(self, run: MethodRun, images: Mapping[str, Path] | None = None,
+                 progress: ProgressFn | None = None, total: int | None = None) -> None:
+        self.run = run
         self.ff = FeatureFile(run.features)
         self.names = set(self.ff.names)
         self.mf = MatchFile(run.matches) if run.matches.exists() else None
         self._kp: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.images = images or {}
+        self._rgb: dict[str, np.ndarray] = {}  # the last two images (HPatches reuses image 1)
+        self._patches: PatchFeatures | None = None
+        if run.method.refine is not None:
+            self.stage = Stage(progress, f"refine {run.method.label}", unit="pairs")
+            self.stage.start(total)
 
     def num_keypoints(self, name: str) -> int:
         return len(self._keypoints(name)[0])
@@ -350,7 +373,22 @@ class PairReader:
         kp0, s0 = self._keypoints(a)
         kp1, s1 = self._keypoints(b)
         m, _ = self.mf.get(a, b)  # type: ignore[union-attr]
+        cfg = self.run.method.refine
+        if cfg is not None:
+            t0 = time.perf_counter()
+            self._patches = self._patches or PatchFeatures(cfg, pick_device(cfg.device))
+            kp0, kp1 = refine_pair(self._image(a), self._image(b), kp0, kp1, m, cfg,
+                                   self._patches)
+            self.run.seconds_refine += time.perf_counter() - t0
+            self.stage.advance(f"{a} {b}")
         return PairData(kp0, kp1, m, s0, s1)
+
+    def _image(self, name: str) -> np.ndarray:
+        if name not in self._rgb:
+            if len(self._rgb) >= 2:
+                self._rgb.pop(next(iter(self._rgb)))
+            self._rgb[name] = load_rgb(self.images[name])
+        return self._rgb[name]
 
     def close(self) -> None:
         self.ff.close()

@@ -340,7 +340,8 @@ def evaluate_pose(
     if any(r.interrupted for r in runs):  # the caches keep what is done
         return PoseResult(root, work, source, len(pairs), max_error, max_trials, [], failed,
                           dropped, time.perf_counter() - t0, interrupted=True)
-    readers = [PairReader(r) for r in runs]
+    paths = {it.name: it.path for it in present}
+    readers = [PairReader(r, paths, progress, len(todo)) for r in runs]
     try:
         for p in todo:
             for r, rd in zip(runs, readers, strict=True):

@@ -1,0 +1,209 @@
+"""Featuremetric keypoint refinement: validation sweep and the final HPatches/Oxford table.
+
+    python benchmarks/refine.py validate [--pairs 20] [--configs NAME ...]
+    python benchmarks/refine.py evaluate [--multiscale] [--work DIR]
+
+validate: synthetic pairs from the sacre_coeur photos (a 512 crop and a random homography
+of it, d2 train's ranges and photometric changes), d2cli-v1 single scale, mutual NN; MMA
+of every candidate configuration. Tuning happens here only.
+evaluate: HPatches v_churchill and the Oxford sequences (bark, bikes, graf, ubc), once,
+with the chosen configuration: d2 unrefined / refined / COLMAP SIFT side by side, and
+seconds per pair of refinement vs extraction and matching (same run, CPU, 1 thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from d2cli.eval.hpatches import find_sequences, match_errors
+from d2cli.eval.methods import PairReader, d2_method, run_methods, sift_method
+from d2cli.extract import Extractor, ExtractSettings
+from d2cli.images import find_images, load_rgb
+from d2cli.match import mnn
+from d2cli.pyramid import MULTI_SCALE
+from d2cli.refine import PatchFeatures, RefineConfig, bias_corrected, refine_pair
+from d2cli.train.augment import HomographyRange, photometric, random_homography, warp_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SACRE = ROOT / "src/d2cli/data/sacre_coeur"
+THRESH = (1, 3, 5, 10)
+CANDIDATES: dict[str, RefineConfig] = {
+    "image-t7": RefineConfig(source="image", template=7),
+    "image-t11": RefineConfig(source="image", template=11),
+    "conv1_2": RefineConfig(source="conv1_2"),
+    "conv1_2-t5": RefineConfig(source="conv1_2", template=5, template_step=2.0),
+    "conv2_2": RefineConfig(source="conv2_2"),
+    "conv2_2-t3": RefineConfig(source="conv2_2", template=3, template_step=2.0),
+    "conv3_3": RefineConfig(source="conv3_3"),
+    "image-t11-affine": RefineConfig(source="image", template=11, affine=True),
+    "conv1_2-t5-affine": RefineConfig(source="conv1_2", template=5, template_step=2.0, affine=True),
+    "conv2_2-affine": RefineConfig(source="conv2_2", affine=True),
+    "conv2_2-t3-affine": RefineConfig(source="conv2_2", template=3, template_step=2.0, affine=True),
+    "image-t11-r8": RefineConfig(source="image", template=11, radius=8.0, max_shift=10.0),
+    "image-t15-r8": RefineConfig(source="image", template=15, radius=8.0, max_shift=10.0),
+    "image-t11-affine-r8": RefineConfig(source="image", template=11, affine=True, radius=8.0,
+                                        max_shift=10.0),
+    "image-t15-affine-r8": RefineConfig(source="image", template=15, affine=True, radius=8.0,
+                                        max_shift=10.0),
+    "conv1_2-t5-affine-r8": RefineConfig(source="conv1_2", template=5, template_step=2.0,
+                                         affine=True, radius=8.0, max_shift=10.0),
+    "image-t11-affine-r8-it2": RefineConfig(source="image", template=11, affine=True, radius=8.0,
+                                            max_shift=10.0, pair_iterations=2),
+    "image-t15-affine-r8-it2": RefineConfig(source="image", template=15, affine=True, radius=8.0,
+                                            max_shift=10.0, pair_iterations=2),
+    "image-t11-affine-r8-s0.5": RefineConfig(source="image", template=11, affine=True, radius=8.0,
+                                             max_shift=10.0, min_score=0.5),
+    "image-t11-affine-r8-s0.7": RefineConfig(source="image", template=11, affine=True, radius=8.0,
+                                             max_shift=10.0, min_score=0.7),
+    "image-t11-affine-r8-s0.8": RefineConfig(source="image", template=11, affine=True, radius=8.0,
+                                             max_shift=10.0, min_score=0.8),
+    "image-t11-affine-r6": RefineConfig(source="image", template=11, affine=True, radius=6.0,
+                                        max_shift=8.0),
+}
+CHOSEN = "image-t11-affine-r8-s0.5"
+
+
+def mma(errors: list[np.ndarray]) -> np.ndarray:
+    """MMA (%) at THRESH over pairs (the HPatches protocol: a pair without matches is 0)."""
+    return 100 * np.mean([[np.mean(e <= t) for t in THRESH] for e in errors], axis=0)
+
+
+def row(label: str, values: np.ndarray, extra: str = "") -> str:
+    return f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + f" |{extra}"
+
+
+# --------------------------------------------------------------------------- validation
+def synthetic_pairs(n: int, seed: int = 0, crop: int = 512, max_edge: int = 800):
+    """n (img0, img1, H) with H: img0 pixels -> img1 pixels, as d2 train's homography source."""
+    rng = np.random.default_rng(seed)
+    photos = find_images(SACRE)
+    out = []
+    for k in range(n):
+        img = load_rgb(photos[k % len(photos)]).astype(np.float32)
+        f = max_edge / max(img.shape[:2])
+        if f < 1:
+            img = warp_image(img, np.diag([1 / f, 1 / f, 1.0]),
+                             (int(img.shape[0] * f), int(img.shape[1] * f)))
+        h, w = img.shape[:2]
+        top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        H = random_homography(rng, crop, HomographyRange())
+        full_to_2 = H @ np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1.0]])
+        img1 = warp_image(img, np.linalg.inv(full_to_2), (crop, crop))
+        img0 = img[top:top + crop, left:left + crop]
+        to8 = lambda x: np.clip(np.round(x), 0, 255).astype(np.uint8)  # noqa: E731
+        out.append((to8(photometric(rng, img0)), to8(photometric(rng, img1)), H))
+    return out
+
+
+def validate(args: argparse.Namespace) -> None:
+    ex = Extractor("d2cli-v1", ExtractSettings(), device="cpu")
+    data = []
+    t0 = time.perf_counter()
+    for img0, img1, H in synthetic_pairs(args.pairs):
+        f0, f1 = ex(img0), ex(img1)
+        m, _ = mnn(torch.from_numpy(f0.descriptors.T.astype(np.float32)),
+                   torch.from_numpy(f1.descriptors.T.astype(np.float32)))
+        data.append((img0, img1, H, f0, f1, m.numpy()))
+    print(f"{len(data)} pairs, {np.mean([len(d[5]) for d in data]):.0f} matches/pair, "
+          f"extract+match {time.perf_counter() - t0:.1f} s\n")
+    print("| config | MMA@1 | @3 | @5 | @10 | s/pair |\n| --- | --- | --- | --- | --- | --- |")
+    base = [match_errors(f0.keypoints, f1.keypoints, m, H) for _, _, H, f0, f1, m in data]
+    print(row("unrefined", mma(base), " |"))
+    fix = [match_errors(bias_corrected(f0.keypoints, f0.scales, (512, 512)),
+                        bias_corrected(f1.keypoints, f1.scales, (512, 512)), m, H)
+           for _, _, H, f0, f1, m in data]
+    print(row("unrefined + bias fix", mma(fix), " |"), flush=True)
+    names = args.configs or list(CANDIDATES)
+    for name in names:
+        cfg = CANDIDATES[name]
+        feats = PatchFeatures(cfg, torch.device(cfg.device))
+        errs, t = [], time.perf_counter()
+        for img0, img1, H, f0, f1, m in data:
+            k0, k1 = refine_pair(img0, img1, f0.keypoints, f1.keypoints, m, cfg, feats)
+            errs.append(match_errors(k0, k1, m, H))
+        print(row(name, mma(errs), f" {(time.perf_counter() - t) / len(data):.2f} |"), flush=True)
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate(args: argparse.Namespace) -> None:
+    cfg = CANDIDATES[args.config]
+    roots = [Path(args.data) / "hpatches", Path(args.data) / "oxford"]
+    settings = ExtractSettings(scales=MULTI_SCALE) if args.multiscale else ExtractSettings()
+    d2 = d2_method("d2cli-v1", settings)
+    feats = PatchFeatures(cfg, torch.device(cfg.device))
+    print(f"refinement config {args.config}: {cfg.as_dict()}\n")
+    print("| set | method | MMA@1 | @3 | @5 | @10 | matches/pair |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
+    cost = {"extract": 0.0, "match": 0.0, "refine": 0.0, "images": 0, "pairs": 0}
+    for root in roots:
+        root, seqs, _, _ = find_sequences(root)
+        work = Path(args.work) / root.name
+        items = [it for s in seqs for it in s.images]
+        pairs = [(s.images[0].name, s.images[k].name) for s in seqs for k in range(1, 6)]
+        work.mkdir(parents=True, exist_ok=True)
+        runs = run_methods([d2, sift_method()], root, items, pairs, work, device="cpu")
+        cost["extract"] += runs[0].seconds_extract
+        cost["match"] += runs[0].seconds_match
+        cost["images"] += runs[0].extracted
+        with PairReader(runs[0]) as rd, PairReader(runs[1]) as rs:
+            for s in seqs:
+                errs: dict[str, list[np.ndarray]] = {"d2 unrefined": [], "d2 + bias fix": [],
+                                                     "d2 refined": [], "COLMAP SIFT": []}
+                nm: dict[str, list[int]] = {key: [] for key in errs}
+                img0 = load_rgb(s.images[0].path)
+                for k in range(1, 6):
+                    a, b, H = s.images[0].name, s.images[k].name, s.homographies[k - 1]
+                    pd = rd.get(a, b)
+                    f0, f1 = rd.ff[a], rd.ff[b]
+                    errs["d2 unrefined"].append(match_errors(pd.kp0, pd.kp1, pd.matches, H))
+                    errs["d2 + bias fix"].append(match_errors(
+                        bias_corrected(pd.kp0, f0.scales, tuple(pd.size0)),
+                        bias_corrected(pd.kp1, f1.scales, tuple(pd.size1)), pd.matches, H))
+                    img1 = load_rgb(s.images[k].path)
+                    t = time.perf_counter()
+                    k0, k1 = refine_pair(img0, img1, pd.kp0, pd.kp1, pd.matches, cfg, feats)
+                    cost["refine"] += time.perf_counter() - t
+                    cost["pairs"] += 1
+                    errs["d2 refined"].append(match_errors(k0, k1, pd.matches, H))
+                    ps = rs.get(a, b)
+                    errs["COLMAP SIFT"].append(match_errors(ps.kp0, ps.kp1, ps.matches, H))
+                    for key in ("d2 unrefined", "d2 + bias fix", "d2 refined"):
+                        nm[key].append(len(pd.matches))
+                    nm["COLMAP SIFT"].append(len(ps.matches))
+                for key, e in errs.items():
+                    print(row(f"{root.name}/{s.name} | {key}", mma(e), f" {np.mean(nm[key]):.0f} |"),
+                          flush=True)
+    print("\n| cost (CPU, 1 thread) | seconds |\n| --- | --- |")
+    if cost["images"]:
+        print(f"| d2 extraction per image | {cost['extract'] / cost['images']:.2f} |")
+        print(f"| d2 matching per pair (incl. file I/O) | {cost['match'] / cost['pairs']:.2f} |")
+    else:
+        print("| d2 extraction / matching | cached (use a fresh --work to time them) |")
+    print(f"| refinement per pair | {cost['refine'] / max(cost['pairs'], 1):.2f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("validate")
+    v.add_argument("--pairs", type=int, default=20)
+    v.add_argument("--configs", nargs="*", choices=list(CANDIDATES))
+    e = sub.add_parser("evaluate")
+    e.add_argument("--config", default=CHOSEN, choices=list(CANDIDATES))
+    e.add_argument("--data", default="/work/shared/data")
+    e.add_argument("--work", default="/tmp/refine-eval")
+    e.add_argument("--multiscale", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    validate(args) if args.cmd == "validate" else evaluate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

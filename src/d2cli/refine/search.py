@@ -1,0 +1,108 @@
+"""Where in a window a reference descriptor fits best: grid search, coarse to fine, then
+a parabola through the best cell and its neighbours (sub-pixel); and local affine maps
+from neighbouring matches.
+
+Shapes: N points, D descriptor size, n x n grid cells per level.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .features import PatchFeatures
+
+
+def _grid(step: float, radius: float, device: torch.device) -> tuple[torch.Tensor, int]:
+    """(n*n, 2) x y offsets of a square grid of the given step and radius, row-major."""
+    k = int(round(radius / step))
+    t = torch.arange(-k, k + 1, dtype=torch.float32, device=device) * step
+    ty, tx = torch.meshgrid(t, t, indexing="ij")
+    return torch.stack([tx.reshape(-1), ty.reshape(-1)], dim=1), 2 * k + 1
+
+
+def _parabola(sim: torch.Tensor, best: torch.Tensor, n: int) -> torch.Tensor:
+    """Sub-cell (dx, dy) (N, 2) of the maximum of sim (N, n*n) at flat index best (N,):
+    a 1-D parabola through each axis' three values; 0 at the grid border or no peak."""
+    s = sim.reshape(-1, n, n)  # (N, y, x)
+    iy, ix = best // n, best % n
+    rows = torch.arange(len(best), device=sim.device)
+    c = s[rows, iy, ix]
+    out = []
+    for pos, before, after in (
+        (ix, s[rows, iy, (ix - 1).clamp(min=0)], s[rows, iy, (ix + 1).clamp(max=n - 1)]),
+        (iy, s[rows, (iy - 1).clamp(min=0), ix], s[rows, (iy + 1).clamp(max=n - 1), ix]),
+    ):
+        den = before - 2 * c + after
+        ok = (pos > 0) & (pos < n - 1) & (den < 0)
+        d = 0.5 * (before - after) / torch.where(ok, den, torch.full_like(den, -1.0))
+        out.append(torch.where(ok, d, torch.zeros_like(d)).clamp(-0.5, 0.5))
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def search(feats: PatchFeatures, image: torch.Tensor, points: torch.Tensor,
+           refs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move points (N, 2) of one image to where its descriptors best match refs (N, D).
+
+    Level 0 searches +-radius on a grid of steps[0]; level k searches +-steps[k-1] around
+    the previous best on a grid of steps[k]; the last level's maximum gets a parabola fit.
+    Moves longer than max_shift are undone. Returns (points (N, 2), similarity (N,)).
+    """
+    cfg = feats.config
+    if len(points) == 0:
+        return points.clone(), torch.zeros(0, device=points.device)
+    levels = [_grid(cfg.steps[0], cfg.radius, feats.device)]
+    levels += [_grid(s, prev, feats.device) for prev, s in zip(cfg.steps, cfg.steps[1:], strict=False)]
+    new, score = [], []
+    for b0 in range(0, len(points), cfg.block_size):
+        p = points[b0 : b0 + cfg.block_size]
+        r = refs[b0 : b0 + cfg.block_size]
+        c = torch.round(p)  # integer crop centre: the crop is an exact copy of the pixels
+        cf = feats.crops(image, c)
+        best = p - c
+        for offsets, _ in levels:
+            u = best[:, None, :] + offsets[None]  # (B, n*n, 2)
+            sim = torch.einsum("bgd,bd->bg", cf.sample(u), r)
+            top = sim.argmax(dim=1)
+            best = u[torch.arange(len(top)), top]
+        best = best + _parabola(sim, top, levels[-1][1]) * cfg.steps[-1]
+        q = c + best
+        far = (q - p).norm(dim=1) > cfg.max_shift
+        new.append(torch.where(far[:, None], p, q))
+        score.append(sim.max(dim=1).values)
+    return torch.cat(new), torch.cat(score)
+
+
+def local_affine(x0: torch.Tensor, x1: torch.Tensor, k: int, block: int = 1024) -> torch.Tensor:
+    """For each match (x0[i] -> x1[i], (M, 2) each) the 2x2 affine part (M, 2, 2) of a
+    least-squares fit x1 ~ A x0 + t over its k nearest matches in image 0.
+
+    Two rounds: the second drops neighbours whose residual exceeds 3x the median (wrong
+    matches). Too few matches, degenerate or extreme fits (singular values outside
+    1/8..8) give the identity: refinement then searches without the warp.
+    """
+    M = len(x0)
+    eye = torch.eye(2, device=x0.device).expand(M, 2, 2).clone()
+    if M < 4:
+        return eye
+    k = min(k, M)
+    out = []
+    for b0 in range(0, M, block):
+        q = x0[b0 : b0 + block]
+        nn_idx = torch.cdist(q, x0).topk(k, largest=False).indices  # (B, k)
+        a, b = x0[nn_idx], x1[nn_idx]  # (B, k, 2)
+        w = torch.ones(a.shape[:2], device=x0.device)
+        for _ in range(2):
+            ma = (w[..., None] * a).sum(1, keepdim=True) / w.sum(1).clamp(min=1)[:, None, None]
+            mb = (w[..., None] * b).sum(1, keepdim=True) / w.sum(1).clamp(min=1)[:, None, None]
+            da, db = a - ma, b - mb
+            cov_aa = torch.einsum("bk,bki,bkj->bij", w, da, da) + 1e-3 * torch.eye(2, device=x0.device)
+            cov_ba = torch.einsum("bk,bki,bkj->bij", w, db, da)
+            A = cov_ba @ torch.linalg.inv(cov_aa)
+            res = (db - torch.einsum("bij,bkj->bki", A, da)).norm(dim=-1)
+            w = (res <= 3 * res.median(dim=1, keepdim=True).values.clamp(min=0.5)).float()
+        out.append(A)
+    A = torch.cat(out)
+    sv = torch.linalg.svdvals(A)
+    bad = (sv[:, 1] < 1 / 8) | (sv[:, 0] > 8) | (torch.linalg.det(A) <= 0) | ~torch.isfinite(sv).all(1)
+    return torch.where(bad[:, None, None], eye, A)

@@ -1,0 +1,134 @@
+"""Featuremetric refinement on a real photo and warped copies with known geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from d2cli.images import load_rgb
+from d2cli.refine import RefineConfig, build_tracks, refine_pair, refine_tracks
+from d2cli.train.augment import warp_image
+
+PHOTO = Path(__file__).resolve().parents[1] / "src/d2cli/data/sacre_coeur/02928139_3448003521.jpg"
+IMAGE = RefineConfig(source="image", template=11, radius=6.0)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    img = load_rgb(PHOTO)
+    return img[200:456, 200:456].copy()  # 256 x 256 of facade texture
+
+
+def warp(img: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """img seen through H (img pixels -> output pixels), same size, uint8."""
+    out = warp_image(img.astype(np.float32), np.linalg.inv(H), img.shape[:2])
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def apply(H: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    p = np.concatenate([xy, np.ones((len(xy), 1))], 1) @ H.T
+    return (p[:, :2] / p[:, 2:]).astype(np.float32)
+
+
+def grid_points(n: int = 8, lo: float = 40, hi: float = 215) -> np.ndarray:
+    t = np.linspace(lo, hi, n)
+    return np.stack(np.meshgrid(t, t), -1).reshape(-1, 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("cfg", [IMAGE, RefineConfig(block_size=16)])  # defaults, blocked
+def test_subpixel_shift_recovered(photo: np.ndarray, cfg: RefineConfig) -> None:
+    H = np.array([[1, 0, 1.3], [0, 1, -0.7], [0, 0, 1.0]])
+    img1 = warp(photo, H)
+    kp0 = grid_points()
+    truth = apply(H, kp0)
+    rng = np.random.default_rng(0)
+    kp1 = truth + rng.uniform(-3, 3, truth.shape).astype(np.float32)  # stride-4 sized errors
+    m = np.stack([np.arange(len(kp0))] * 2, 1)
+    k0, k1 = refine_pair(photo, img1, kp0, kp1, m, cfg)
+    before = np.linalg.norm(kp1 - truth, axis=1)
+    after = np.linalg.norm(k1 - truth, axis=1)
+    assert np.array_equal(k0, kp0)
+    assert np.median(after) < 0.35 and np.median(after) < 0.2 * np.median(before)
+
+
+def test_affine_handles_rotation_and_zoom(photo: np.ndarray) -> None:
+    c = 127.5
+    a, s = np.deg2rad(20), 1.25
+    R = np.array([[s * np.cos(a), -s * np.sin(a), 0], [s * np.sin(a), s * np.cos(a), 0], [0, 0, 1]])
+    T = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1.0]])
+    H = np.linalg.inv(T) @ R @ T
+    img1 = warp(photo, H)
+    kp0 = grid_points(8, 70, 185)
+    truth = apply(H, kp0)
+    kp1 = truth + np.random.default_rng(1).uniform(-3, 3, truth.shape).astype(np.float32)
+    m = np.stack([np.arange(len(kp0))] * 2, 1)
+    cfg = RefineConfig(source="image", template=11, radius=6.0, affine=True)
+    _, k1 = refine_pair(photo, img1, kp0, kp1, m, cfg)
+    assert np.median(np.linalg.norm(k1 - truth, axis=1)) < 0.5
+
+
+def test_unmatched_unchanged_and_empty(photo: np.ndarray) -> None:
+    kp0, kp1 = grid_points(4), grid_points(4) + 1.5
+    m = np.array([[0, 3], [5, 5]])
+    _, k1 = refine_pair(photo, photo, kp0, kp1, m, IMAGE)
+    untouched = np.setdiff1d(np.arange(len(kp1)), m[:, 1])
+    assert np.array_equal(k1[untouched], kp1[untouched])
+    assert not np.array_equal(k1[5], kp1[5])
+    k0e, k1e = refine_pair(photo, photo, kp0, kp1, np.zeros((0, 2), np.int64), IMAGE)
+    assert np.array_equal(k0e, kp0) and np.array_equal(k1e, kp1)
+
+
+def test_blocked_equals_unblocked(photo: np.ndarray) -> None:
+    H = np.array([[1, 0, 0.6], [0, 1, 0.4], [0, 0, 1.0]])
+    img1 = warp(photo, H)
+    kp0 = grid_points(6)
+    kp1 = apply(H, kp0) + 1.0
+    m = np.stack([np.arange(len(kp0))] * 2, 1)
+    cfg = RefineConfig(source="conv1_2", radius=3.0, affine=True)
+    _, big = refine_pair(photo, img1, kp0, kp1, m, cfg)
+    _, small = refine_pair(photo, img1, kp0, kp1, m, RefineConfig(**{**cfg.as_dict(),
+                                                                     "steps": cfg.steps,
+                                                                     "block_size": 7}))
+    np.testing.assert_allclose(big, small, atol=1e-4)
+
+
+def test_border_keypoints(photo: np.ndarray) -> None:
+    kp = np.array([[0, 0], [255, 255], [0, 128], [2.5, 253.2]], np.float32)
+    m = np.stack([np.arange(4)] * 2, 1)
+    _, k1 = refine_pair(photo, photo, kp, kp + 1, m, IMAGE)
+    assert np.isfinite(k1).all()
+    assert (np.linalg.norm(k1 - (kp + 1), axis=1) <= IMAGE.max_shift).all()
+
+
+def test_tracks_one_position_and_consistent(photo: np.ndarray) -> None:
+    shifts = {"a": (0.0, 0.0), "b": (1.4, -0.6), "c": (-0.8, 1.1)}
+    imgs = {n: warp(photo, np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1.0]]))
+            for n, (dx, dy) in shifts.items()}
+    base = grid_points(6)
+    rng = np.random.default_rng(2)
+    truth = {n: base + np.array(d, np.float32) for n, d in shifts.items()}
+    kps = {n: t + rng.uniform(-2.5, 2.5, t.shape).astype(np.float32) for n, t in truth.items()}
+    ids = np.arange(len(base))
+    matches = {("a", "b"): np.stack([ids, ids], 1), ("b", "c"): np.stack([ids, ids], 1)}
+    out = refine_tracks({n: (lambda im=im: im) for n, im in imgs.items()}, kps, matches, IMAGE)
+    assert all(out[n].shape == kps[n].shape for n in kps)
+    # relative geometry: every view agrees with every other after refinement
+    for x, y in (("a", "b"), ("b", "c"), ("a", "c")):
+        rel_true = np.subtract(shifts[y], shifts[x])
+        before = np.linalg.norm(kps[y] - kps[x] - rel_true, axis=1)
+        after = np.linalg.norm(out[y] - out[x] - rel_true, axis=1)
+        assert np.median(after) < 0.4 and np.median(after) < 0.25 * np.median(before)
+
+
+def test_build_tracks_conflicts_and_singletons() -> None:
+    matches = {("a", "b"): np.array([[0, 0], [1, 1]]), ("b", "c"): np.array([[0, 0], [1, 0]])}
+    t = build_tracks({"a": 3, "b": 2, "c": 1}, matches)
+    # {a0, b0, c0, b1, a1} holds b0 and b1: conflicting, left alone; a2 in no track
+    assert t.count == 0 and t.conflicting == 1
+    assert (t.ids["a"] == -1).all() and (t.ids["c"] == -1).all()
+    t2 = build_tracks({"a": 3, "b": 2}, {("a", "b"): np.array([[0, 1], [2, 0]])})
+    assert t2.count == 2 and t2.ids["a"][1] == -1 and t2.ids["a"][0] == t2.ids["b"][1]
+    t3 = build_tracks({"a": 2, "b": 2}, {("a", "b"): np.array([[0, 1]])}, max_track=2)
+    assert t3.count == 1
