@@ -145,3 +145,28 @@ def test_sfm_retrieval_pairs_need_every_image_in_the_descriptors(d2, six, tmp_pa
     expected = pairs_from_retrieval(names, d, 2)
     assert read_pairs(tmp_path / "w" / "pairs.txt") == normalize_pairs(expected)
     assert 6 <= len(expected) <= 12  # 2 per image, unordered duplicates dropped
+
+
+def test_sfm_refine_writes_refined_copies_and_keeps_the_originals(d2, six, tmp_path):
+    import h5py
+    import pycolmap
+
+    w = tmp_path / "w"
+    args = ["sfm", six, "--out", w, "--max-edge", "400", "--device", "cpu", "--refine", "--json"]
+    proc = d2(*args)
+    assert proc.returncode in (0, 2), proc.stderr  # mapping 6 small images may fail
+    r = json.loads((w / "refine.json").read_text())["summary"]
+    assert r["keypoints_moved"] > 0 and 0 < r["median_shift"] <= 10
+    with h5py.File(w / "feats.h5") as a, h5py.File(w / "feats-refined.h5") as b:
+        shift = [np.abs(b[n]["keypoints"][()] - a[n]["keypoints"][()]).max() for n in SUBSET]
+        assert 0 < max(shift) <= 10
+        assert np.array_equal(a[SUBSET[0]]["descriptors"][()], b[SUBSET[0]]["descriptors"][()])
+        refined0 = b[SUBSET[0]]["keypoints"][()]
+    db = pycolmap.Database.open(w / "database-refined.db")
+    im = next(i for i in db.read_all_images() if i.name == SUBSET[0])
+    assert np.allclose(db.read_keypoints(im.image_id)[:, :2], refined0 + 0.5, atol=1e-4)
+    db.close()
+    again = d2(*args)
+    assert again.returncode == proc.returncode
+    if again.returncode == 0:
+        assert "refine" in json.loads(again.stdout)["skipped"]

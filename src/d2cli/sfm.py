@@ -33,6 +33,8 @@ from .jobs import ProgressFn, Stage, relabel
 from .match import MatchSettings, match
 from .pairs import PairStrategy, save_pairs
 from .reconstruct import MODEL_FILES, reconstruct
+from .refine import RefineConfig
+from .refine.database import refine_database
 
 STEPS = ("extract", "pairs", "match", "import", "reconstruct")
 
@@ -91,6 +93,7 @@ def sfm(
     device: str = "auto",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     pairs: PairStrategy | None = None,
+    refine: RefineConfig | None = None,
     image_list: str | os.PathLike | None = None,
     image_root: str | os.PathLike | None = None,
     verbose: bool = False,
@@ -101,6 +104,8 @@ def sfm(
     Options are those of the steps (:func:`~d2cli.extract.extract`, :func:`~d2cli.match.match`,
     :func:`~d2cli.colmap.colmap_import`, :func:`~d2cli.reconstruct.reconstruct`); with
     ``camera_params`` the intrinsics stay fixed unless ``intrinsics="refine"``.
+    ``refine``: move the keypoints along the verified tracks before mapping
+    (:func:`~d2cli.refine.database.refine_database`; the unrefined files are kept).
     ``pairs`` chooses what is matched (:class:`~d2cli.pairs.PairStrategy`: exhaustive by
     default; sequential, retrieval or a pairs file for large sets). ``image_list`` (with
     ``images`` empty) names the images, relative to ``image_root`` or the list's folder.
@@ -164,6 +169,13 @@ def sfm(
     status.say(f"import: {im.stats.get('verified_pairs', 0)} verified pairs, "
                f"{im.verified_now} verified now")
 
+    # 4b. featuremetric track refinement: feats-refined.h5 and database-refined.db
+    if refine is not None:
+        database = _refine_step(result, database, feats, work, p["image_root"], refine, progress)
+        r = result.steps["refine"]
+        status.say(f"refine: {r['keypoints_moved']} keypoints moved (median "
+                   f"{r['median_shift']:.2f} px) in {r['tracks']} tracks")
+
     # 5. model: skipped when made from this very database with these settings
     s = _reconstruct_step(result, database, sparse, stamp_path, p["image_root"],
                           dict(mapper=mapper, seed=seed, intrinsics=intrinsics,
@@ -190,12 +202,34 @@ def _pairs_step(result: SfmResult, feats: Path, pairs_path: Path,
     return {**result.steps["pairs"], "image_root": image_root}
 
 
+def _refine_step(result: SfmResult, database: Path, feats: Path, work: Path,
+                 image_root: str | None, config: RefineConfig,
+                 progress: ProgressFn | None) -> Path:
+    """Refined features and database, redone only when the database or settings changed."""
+    out_feats, out_db = work / "feats-refined.h5", work / "database-refined.db"
+    stamp = work / "refine.json"
+    made_from = {"database": database_stats(database), "refine": config.as_dict()}
+    old = _stamp(stamp)
+    if out_feats.is_file() and out_db.is_file() and old and old.get("made_from") == made_from:
+        result.steps["refine"] = old["summary"]
+        result.skipped.append("refine")
+        return out_db
+    stamp.unlink(missing_ok=True)
+    r = refine_database(database, feats, out_feats, out_db, image_dir=image_root,
+                        config=config, progress=progress)
+    result.steps["refine"] = r.summary()
+    write_json_atomic(stamp, {"made_from": made_from, "summary": r.summary()})
+    return out_db
+
+
 def _reconstruct_step(result: SfmResult, database: Path, sparse: Path, stamp_path: Path,
                       image_root: str | None, options: dict[str, Any]) -> dict[str, Any]:
     """Map unless ``sparse`` already holds a model made from this very database with these
     settings (``sfm.json`` records what it was made from)."""
     settings = {k: options[k] for k in ("mapper", "seed", "intrinsics")}
     made_from = {"database": database_stats(database), "settings": settings}
+    if "refine" in result.steps:  # same counts as the unrefined database: say which it is
+        made_from["refined"] = result.steps["refine"]
     old = _stamp(stamp_path)
     have_model = all((sparse / f).is_file() for f in MODEL_FILES)
     if have_model and old is not None and old.get("made_from") == made_from:

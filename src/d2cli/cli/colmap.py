@@ -181,6 +181,9 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @click.option("--pairs", "pairs_file", type=click.Path(),
               help="Match the pairs of this file instead (names as in the features).")
 @click.option("--ratio", type=float, help="Lowe ratio test in matching, e.g. 0.95.")
+@click.option("--refine", is_flag=True,
+              help="Featuremetric refinement of the keypoints along the verified tracks before "
+                   "mapping (feats-refined.h5, database-refined.db; the originals are kept).")
 @camera_options
 @mapping_options
 @device_option
@@ -189,7 +192,7 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @json_option
 @command
 def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, max_keypoints,
-            max_pixels, pairs_from, overlap, descriptors, num_matched, pairs_file, ratio,
+            max_pixels, pairs_from, overlap, descriptors, num_matched, pairs_file, ratio, refine,
             camera_mode, camera_model, camera_params, mapper, intrinsics, threads, seed, device,
             verbose, quiet, as_json) -> int:
     """Images -> COLMAP model: extract, pairs, match, colmap-import, reconstruct.
@@ -199,6 +202,7 @@ def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, ma
     """
     from ..match import MatchSettings
     from ..pairs import PairStrategy
+    from ..refine import RefineConfig
     from ..sfm import sfm
 
     strategy = PairStrategy("file" if pairs_file else pairs_from, overlap=overlap,
@@ -212,6 +216,7 @@ def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, ma
                      camera_params=parse_floats(camera_params, "--camera-params"),
                      mapper=mapper, intrinsics=intrinsics, num_threads=threads, seed=seed,
                      device=device, max_pixels=max_pixels, pairs=strategy,
+                     refine=RefineConfig() if refine else None,
                      image_list=image_list, image_root=image_root, verbose=verbose,
                      progress=show)
     s = result.summary()

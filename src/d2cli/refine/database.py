@@ -1,0 +1,131 @@
+"""Track-level refinement of a COLMAP database made by ``d2 colmap-import`` (``d2 sfm --refine``).
+
+The verified inlier matches of the database define the tracks; :func:`refine_tracks`
+gives one refined position per keypoint; the result is a new features file (the
+original kept) and a copy of the database with the refined keypoints, its matches and
+two-view geometries unchanged, ready for mapping. Both are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..colmap.database import open_database, quiet_colmap
+from ..errors import InputNotFound
+from ..images import load_rgb
+from ..io.atomic import write_atomic
+from ..io.features import FeatureFile
+from ..jobs import ProgressFn, Stage
+from .config import RefineConfig
+from .tracks import build_tracks, refine_tracks
+
+COLMAP_OFFSET = 0.5  # COLMAP puts the top-left pixel centre at (0.5, 0.5)
+
+
+@dataclass
+class RefineResult:
+    features: Path
+    database: Path
+    images: int = 0
+    keypoints_moved: int = 0
+    tracks: int = 0
+    median_shift: float = 0.0  # px, of the keypoints that moved
+    seconds: float = 0.0
+    failed: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {"features": str(self.features), "database": str(self.database),
+                "images": self.images, "keypoints_moved": self.keypoints_moved,
+                "tracks": self.tracks, "median_shift": round(self.median_shift, 3),
+                "seconds": round(self.seconds, 3)}
+
+
+def verified_matches(database: str | os.PathLike) -> tuple[dict[str, int], dict[tuple[str, str],
+                                                                          np.ndarray]]:
+    """(image name -> id, (name0, name1) -> inlier matches (M, 2)) of a database."""
+    import pycolmap
+
+    with quiet_colmap(), open_database(database, create=False) as db:
+        images = {im.name: im.image_id for im in db.read_all_images()}
+        names = {v: k for k, v in images.items()}
+        pair_ids, geometries = db.read_two_view_geometries()
+        out: dict[tuple[str, str], np.ndarray] = {}
+        for pid, g in zip(pair_ids, geometries, strict=True):
+            i0, i1 = pycolmap.pair_id_to_image_pair(pid)
+            m = np.asarray(g.inlier_matches, dtype=np.int64).reshape(-1, 2)
+            if len(m):
+                out[(names[i0], names[i1])] = m
+    return images, out
+
+
+def refine_database(database: str | os.PathLike, features: str | os.PathLike,
+                    out_features: str | os.PathLike, out_database: str | os.PathLike, *,
+                    image_dir: str | os.PathLike | None = None,
+                    config: RefineConfig | None = None,
+                    progress: ProgressFn | None = None) -> RefineResult:
+    """Refine the keypoints of ``features`` along the verified tracks of ``database``.
+
+    Images are read from ``image_dir`` (default: the root recorded in the features file).
+    """
+    t0 = time.perf_counter()
+    config = config or RefineConfig()
+    result = RefineResult(Path(out_features), Path(out_database))
+    ids, matches = verified_matches(database)
+    with FeatureFile(features) as ff:
+        root = Path(image_dir or ff.attrs.get("image_root") or ".")
+        names = [n for n in ff.names if n in ids]
+        kps = {n: ff.keypoints(n) for n in names}
+    for n in names:
+        if not (root / n).is_file():
+            raise InputNotFound(f"{root / n}: image not found (refinement reads the images; "
+                                "pass the image folder)")
+    stage = Stage(progress, "refine", unit="passes")
+    stage.start(2 * config.iterations * len(names))
+
+    def loader(name: str):
+        def load() -> np.ndarray:
+            stage.advance(name)
+            return load_rgb(root / name)
+        return load
+
+    refined = refine_tracks({n: loader(n) for n in names}, kps, matches, config)
+    result.tracks = build_tracks({n: len(k) for n, k in kps.items()}, matches,
+                                 config.max_track).count
+    shifts = np.concatenate([np.linalg.norm(refined[n] - kps[n], axis=1) for n in names]
+                            or [np.zeros(0)])
+    moved = shifts[shifts > 0]
+    result.images, result.keypoints_moved = len(names), int(len(moved))
+    result.median_shift = float(np.median(moved)) if len(moved) else 0.0
+    _write_features(Path(features), result.features, refined, config)
+    _write_database(Path(database), result.database, ids, refined)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _write_features(src: Path, out: Path, refined: dict[str, np.ndarray],
+                    config: RefineConfig) -> None:
+    with write_atomic(out, fsync=True, need_bytes=2 * src.stat().st_size) as tmp:
+        shutil.copyfile(src, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for n, kp in refined.items():
+                f[n]["keypoints"][...] = kp.astype(np.float32)
+            f.attrs["refine_json"] = json.dumps(config.as_dict(), sort_keys=True)
+
+
+def _write_database(src: Path, out: Path, ids: dict[str, int],
+                    refined: dict[str, np.ndarray]) -> None:
+    with write_atomic(out, need_bytes=2 * src.stat().st_size) as tmp:
+        shutil.copyfile(src, tmp)
+        with quiet_colmap(), open_database(tmp, create=False) as db:
+            for n, kp in refined.items():
+                db.update_keypoints(ids[n], (kp + COLMAP_OFFSET).astype(np.float32))
