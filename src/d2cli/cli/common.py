@@ -85,6 +85,16 @@ def finish(result: Any, failures: str | None = None) -> int:
     return code
 
 
+def all_done(command: str, skipped: int, total: int, what: str, out: Any) -> bool:
+    """A re-run with nothing left to do says so in one line (True) instead of a table;
+    ``what``: e.g. "pairs already matched"."""
+    if not total or skipped != total:
+        return False
+    out_console.print(f"d2 {command}: all {total} {what} in {out} "
+                      "(--overwrite redoes them)", highlight=False, soft_wrap=True)
+    return True
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 

@@ -6,6 +6,7 @@ import click
 
 from . import main
 from .common import (
+    all_done,
     chosen_scales,
     command,
     device_option,
@@ -16,7 +17,6 @@ from .common import (
     model_option,
     multiscale_options,
     network_options,
-    out_console,
     print_json,
     progress,
     quiet_option,
@@ -76,9 +76,7 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
     if as_json:
         print_json(s)
     else:
-        if s["skipped"] == s["images"]:
-            out_console.print(f"d2 extract: all {s['images']} images already in {out} "
-                              "(--overwrite redoes them)", highlight=False, soft_wrap=True)
+        if all_done("extract", s["skipped"], s["images"], "images already extracted", out):
             return finish(result)
         summary_table(f"d2 extract -> {out}", [
             ("model", s["model"]), ("images", s["images"]), ("extracted", s["extracted"]),

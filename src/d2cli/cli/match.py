@@ -6,11 +6,11 @@ import click
 
 from . import main
 from .common import (
+    all_done,
     command,
     device_option,
     finish,
     json_option,
-    out_console,
     print_json,
     progress,
     quiet_option,
@@ -60,9 +60,7 @@ def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, devi
     if as_json:
         print_json(s)
     else:
-        if s["skipped"] == s["pairs"]:
-            out_console.print(f"d2 match: all {s['pairs']} pairs already matched in {out} "
-                              "(--overwrite redoes them)", highlight=False, soft_wrap=True)
+        if all_done("match", s["skipped"], s["pairs"], "pairs already matched", out):
             return finish(result)
         summary_table(f"d2 match -> {out}", [
             ("pairs", s["pairs"]), ("matched", s["matched"]), ("already done", s["skipped"]),
