@@ -36,6 +36,22 @@ def run_d2(*args: str | os.PathLike, cwd: str | os.PathLike | None = None,
     return proc
 
 
+# six sample photos that d2 sfm reconstructs at 400 px and more
+SUBSET = ["02928139_3448003521.jpg", "17295357_9106075285.jpg", "44120379_8371960244.jpg",
+          "51091044_3486849416.jpg", "71295362_4051449754.jpg", "93341989_396310999.jpg"]
+
+
+@pytest.fixture(scope="session")
+def subset_photos(tmp_path_factory) -> Path:
+    """A folder with the SUBSET photos (read-only for the tests that use it)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("subset")
+    for name in SUBSET:
+        shutil.copy(SAMPLES / name, root / name)
+    return root
+
+
 @pytest.fixture(scope="session")
 def d2():
     return run_d2

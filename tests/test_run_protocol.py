@@ -24,17 +24,11 @@ from d2cli.extract import ExtractSettings, extract
 from d2cli.pairs import pairs_exhaustive, save_pairs
 
 SMALL = ["--max-edge", "200"]
-SUBSET = ["02928139_3448003521.jpg", "17295357_9106075285.jpg", "44120379_8371960244.jpg",
-          "51091044_3486849416.jpg", "71295362_4051449754.jpg", "93341989_396310999.jpg"]
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory, samples_dir) -> Path:
-    """Six sample photos that d2 sfm reconstructs at 400 px (as tests/test_colmap.py)."""
-    root = tmp_path_factory.mktemp("photos")
-    for name in SUBSET:
-        shutil.copy(samples_dir / name, root / name)
-    return root
+def photos(subset_photos) -> Path:
+    return subset_photos
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SUBSET
 from PIL import Image
 
 from d2cli.io.pairs import normalize_pairs, read_pairs
@@ -91,15 +92,12 @@ def test_weights_list_piped_is_one_line_per_model(d2):
     assert all(len(ln.split("\t")) == 7 for ln in lines[:-1] if "\t" in ln)
 
 
-SUBSET = ["02928139_3448003521.jpg", "17295357_9106075285.jpg", "44120379_8371960244.jpg",
-          "51091044_3486849416.jpg", "71295362_4051449754.jpg", "93341989_396310999.jpg"]
-
-
 @pytest.fixture(scope="module")
-def six(tmp_path_factory, samples_dir) -> Path:
+def six(subset_photos, tmp_path_factory) -> Path:
+    """The SUBSET photos and a list of them beside them."""
     root = tmp_path_factory.mktemp("six")
     for n in SUBSET:
-        shutil.copy(samples_dir / n, root / n)
+        shutil.copy(subset_photos / n, root / n)
     (root / "list.txt").write_text("".join(n + "\n" for n in SUBSET))
     return root
 

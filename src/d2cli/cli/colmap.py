@@ -12,6 +12,7 @@ from .common import (
     chosen_scales,
     command,
     device_option,
+    done_line,
     err_console,
     extract_settings,
     finish,
@@ -19,7 +20,6 @@ from .common import (
     mapping_options,
     max_pixels_option,
     model_option,
-    out_console,
     parse_floats,
     parse_pycolmap_options,
     print_json,
@@ -246,9 +246,5 @@ def export_cmd(model_dir, out, fmt, as_json) -> int:
     from ..export import export_model
 
     s = export_model(model_dir, out, fmt).summary()
-    if as_json:
-        print_json(s)
-    else:
-        out_console.print(f"d2 export: {s['images']} images, {s['points3D']} points -> "
-                          f"{s['out']} ({fmt})", highlight=False, soft_wrap=True)
-    return 0
+    return done_line(s, as_json, f"d2 export: {s['images']} images, {s['points3D']} points -> "
+                                 f"{s['out']} ({fmt})")

@@ -95,6 +95,15 @@ def all_done(command: str, skipped: int, total: int, what: str, out: Any) -> boo
     return True
 
 
+def done_line(summary: dict[str, Any], as_json: bool, line: str) -> int:
+    """A one-step command's output: the summary as JSON, or one line; exit 0."""
+    if as_json:
+        print_json(summary)
+    else:
+        out_console.print(line, highlight=False, soft_wrap=True)
+    return 0
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from . import main
-from .common import command, json_option, options, out_console, print_json, query_ref_options
+from .common import command, done_line, json_option, options, query_ref_options
 
 
 @main.group("pairs")
@@ -33,12 +33,8 @@ def _save(pairs: Any, out: str, method: str, as_json: bool) -> int:
     from ..pairs import save_pairs
 
     s = save_pairs(pairs, out, method).summary()
-    if as_json:
-        print_json(s)
-    else:
-        out_console.print(f"d2 pairs {s['method']}: {s['pairs']} pairs of {s['images']} images "
-                          f"-> {s['out']}", highlight=False, soft_wrap=True)
-    return 0
+    return done_line(s, as_json, f"d2 pairs {s['method']}: {s['pairs']} pairs of {s['images']} "
+                                 f"images -> {s['out']}")
 
 
 def _queries_refs(names: list[str], query_prefix, query_list, ref_prefix, ref_list) -> tuple:

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from . import main
-from .common import command, image_dir_option, json_option, out_console, print_json
+from .common import command, done_line, image_dir_option, json_option
 
 
 @main.group("show")
@@ -16,12 +16,8 @@ def show_group() -> None:
 
 
 def _show_done(result: Any, as_json: bool, what: str) -> int:
-    if as_json:
-        print_json(result.summary())
-    else:
-        out_console.print(f"d2 show {what}: {result.width}x{result.height} -> {result.out}",
-                          highlight=False, soft_wrap=True)
-    return 0
+    return done_line(result.summary(), as_json,
+                     f"d2 show {what}: {result.width}x{result.height} -> {result.out}")
 
 
 @show_group.command("keypoints")
