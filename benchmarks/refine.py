@@ -130,6 +130,73 @@ def validate(args: argparse.Namespace) -> None:
         print(row(name, mma(errs), f" {(time.perf_counter() - t) / len(data):.2f} |"), flush=True)
 
 
+def synthetic_views(n: int, views: int = 4, seed: int = 1, crop: int = 512, max_edge: int = 800):
+    """n scenes of ``views`` images: a crop of a sample photo and views-1 random homographies
+    of it. Returns [(images, Hs)] with Hs[k]: view 0 pixels -> view k pixels (Hs[0] = I)."""
+    rng = np.random.default_rng(seed)
+    photos = find_images(SACRE)
+    to8 = lambda x: np.clip(np.round(x), 0, 255).astype(np.uint8)  # noqa: E731
+    out = []
+    for k in range(n):
+        img = load_rgb(photos[(k + 3) % len(photos)]).astype(np.float32)
+        f = max_edge / max(img.shape[:2])
+        if f < 1:
+            img = warp_image(img, np.diag([1 / f, 1 / f, 1.0]),
+                             (int(img.shape[0] * f), int(img.shape[1] * f)))
+        h, w = img.shape[:2]
+        top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        shift = np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1.0]])
+        ims, Hs = [to8(photometric(rng, img[top:top + crop, left:left + crop]))], [np.eye(3)]
+        for _ in range(views - 1):
+            H = random_homography(rng, crop, HomographyRange())
+            ims.append(to8(photometric(rng, warp_image(img, np.linalg.inv(H @ shift),
+                                                       (crop, crop)))))
+            Hs.append(H)
+        out.append((ims, Hs))
+    return out
+
+
+def validate_tracks(args: argparse.Namespace) -> None:
+    """Track refinement on synthetic multi-view scenes: the pairwise MNN matches within
+    ``--verify`` px of the true homography stand in for COLMAP's verified inliers; scored
+    by the errors of those matches after refining all views' keypoints."""
+    from d2cli.refine.tracks import refine_tracks
+
+    ex = Extractor("d2cli-v1", ExtractSettings(), device="cpu")
+    scenes = []
+    for ims, Hs in synthetic_views(args.scenes, args.views):
+        fs = [ex(im) for im in ims]
+        names = [f"v{k}" for k in range(len(ims))]
+        matches, gt = {}, {}
+        for i in range(len(ims)):
+            for j in range(i + 1, len(ims)):
+                m, _ = mnn(torch.from_numpy(fs[i].descriptors.T.astype(np.float32)),
+                           torch.from_numpy(fs[j].descriptors.T.astype(np.float32)))
+                m = m.numpy()
+                H = Hs[j] @ np.linalg.inv(Hs[i])
+                e = match_errors(fs[i].keypoints, fs[j].keypoints, m, H)
+                matches[(names[i], names[j])] = m[e <= args.verify]
+                gt[(names[i], names[j])] = H
+        scenes.append((dict(zip(names, ims, strict=True)),
+                       {n: f.keypoints for n, f in zip(names, fs, strict=True)}, matches, gt))
+    nm = np.mean([len(m) for s in scenes for m in s[2].values()])
+    print(f"{len(scenes)} scenes x {args.views} views, {nm:.0f} verified matches/pair\n")
+    print("| method | MMA@1 | @3 | @5 | @10 | s/scene |\n| --- | --- | --- | --- | --- | --- |")
+
+    def score(label, fn):
+        errs, t = [], time.perf_counter()
+        for ims, kps, matches, gt in scenes:
+            ref = fn(ims, kps, matches)
+            errs += [match_errors(ref[a], ref[b], m, gt[(a, b)]) for (a, b), m in matches.items()]
+        print(row(label, mma(errs), f" {(time.perf_counter() - t) / len(scenes):.2f} |"), flush=True)
+
+    cfg = CANDIDATES[CHOSEN]
+    feats = PatchFeatures(cfg, torch.device("cpu"))
+    score("unrefined", lambda ims, kps, m: kps)
+    score("refine_tracks (anchored, affine, NCC >= 0.5)",
+          lambda ims, kps, m: refine_tracks(ims, kps, m, cfg, feats))
+
+
 # --------------------------------------------------------------------------- evaluation
 def evaluate(args: argparse.Namespace) -> None:
     cfg = CANDIDATES[args.config]
@@ -194,6 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     v = sub.add_parser("validate")
     v.add_argument("--pairs", type=int, default=20)
     v.add_argument("--configs", nargs="*", choices=list(CANDIDATES))
+    t = sub.add_parser("tracks")
+    t.add_argument("--scenes", type=int, default=4)
+    t.add_argument("--views", type=int, default=4)
+    t.add_argument("--verify", type=float, default=4.0)
     e = sub.add_parser("evaluate")
     e.add_argument("--config", default=CHOSEN, choices=list(CANDIDATES))
     e.add_argument("--data", default="/work/shared/data")
@@ -202,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    validate(args) if args.cmd == "validate" else evaluate(args)
+    {"validate": validate, "tracks": validate_tracks, "evaluate": evaluate}[args.cmd](args)
 
 
 if __name__ == "__main__":

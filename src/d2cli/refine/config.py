@@ -45,7 +45,6 @@ class RefineConfig:
     max_shift: moves longer than this (px) are undone (a wrong peak, not a refinement).
     min_score: so are moves whose best fit is less similar than this (a patch that does not
         look like its reference anywhere in the window: occlusion, a wrong match).
-    iterations: reference / search rounds of track refinement.
     pair_iterations: two-view rounds; later ones refit the affine maps on the refined
         positions and search only +-steps[0].
     max_track: tracks with more keypoints are left unchanged (merged tracks of wrong
@@ -62,7 +61,6 @@ class RefineConfig:
     affine_neighbours: int = 12
     max_shift: float = 10.0
     min_score: float = 0.5  # a best fit less similar than this (cosine / NCC) is undone
-    iterations: int = 2
     pair_iterations: int = 1
     max_track: int = 512
     block_size: int = 1024
@@ -76,8 +74,8 @@ class RefineConfig:
             raise UsageError("refine radius and steps must be positive")
         if self.template < 1 or self.template % 2 == 0:
             raise UsageError("refine template must be an odd number >= 1")
-        if self.block_size < 1 or self.iterations < 1 or self.pair_iterations < 1 or self.max_track < 2:
-            raise UsageError("refine block size, iterations must be >= 1, max track >= 2")
+        if self.block_size < 1 or self.pair_iterations < 1 or self.max_track < 2:
+            raise UsageError("refine block size and pair iterations must be >= 1, max track >= 2")
 
     @property
     def reach(self) -> float:

@@ -89,16 +89,10 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
         if not (root / n).is_file():
             raise InputNotFound(f"{root / n}: image not found (refinement reads the images; "
                                 "pass the image folder)")
-    stage = Stage(progress, "refine", unit="passes")
-    stage.start(2 * config.iterations * len(names))
-
-    def loader(name: str):
-        def load() -> np.ndarray:
-            stage.advance(name)
-            return load_rgb(root / name)
-        return load
-
-    refined = refine_tracks({n: loader(n) for n in names}, kps, matches, config)
+    stage = Stage(progress, "refine", unit="pairs")
+    stage.start(len(matches))
+    refined = refine_tracks({n: (lambda n=n: load_rgb(root / n)) for n in names}, kps, matches,
+                            config, on_pair=lambda a, b: stage.advance(f"{a} {b}"))
     result.tracks = build_tracks({n: len(k) for n, k in kps.items()}, matches,
                                  config.max_track).count
     shifts = np.concatenate([np.linalg.norm(refined[n] - kps[n], axis=1) for n in names]

@@ -39,6 +39,39 @@ def _unique_best(idx: np.ndarray, score: np.ndarray) -> np.ndarray:
     return order[first]
 
 
+def refine_points(feats: PatchFeatures, t0: torch.Tensor, t1: torch.Tensor, p0: torch.Tensor,
+                  p1: torch.Tensor, context: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move points p1 (M, 2) of image t1 to where the matching points p0 (M, 2) of image t0
+    are (t0, t1: :func:`image_tensor` of each image; p0 fixed).
+
+    The reference patch at each p0 is warped by the local affine map of its
+    ``affine_neighbours`` nearest matches (``config.affine``). Moves longer than
+    ``max_shift`` or whose best similarity is under ``min_score`` are undone.
+    context: all matches of the pair (C, 2) x2 when p0, p1 are only some of them: the
+    affine maps are fitted to those (once, unrefined).
+    Returns (points (M, 2), best similarity (M,)).
+    """
+    config = feats.config
+    fine = PatchFeatures(dataclasses.replace(config, radius=config.steps[0]), feats.device,
+                         trunk=feats.trunk) if config.pair_iterations > 1 else feats
+    refit = config.affine and context is None  # refit on the refined positions each round
+    if not config.affine:
+        refs = feats.describe(t0, p0)
+    elif context is not None:
+        refs = feats.describe(t0, p0, local_affine(*context, config.affine_neighbours, at=p0))
+    new, score = p1, torch.zeros(len(p1), device=p1.device)
+    for it in range(config.pair_iterations):
+        if refit:
+            refs = feats.describe(t0, p0, local_affine(p0, new, config.affine_neighbours))
+        assert refs is not None
+        # later rounds only polish: a small window around the last position
+        step = feats if it == 0 else fine
+        new, score = search(step, t1, new, refs)
+    far = ((new - p1).norm(dim=1) > config.max_shift) | (score < config.min_score)
+    return torch.where(far[:, None], p1, new), score
+
+
 def refine_pair(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray,
                 matches: np.ndarray, config: RefineConfig | None = None,
                 feats: PatchFeatures | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -63,22 +96,10 @@ def refine_pair(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.nda
         return kp0.copy(), out1
     device = pick_device(config.device) if feats is None else feats.device
     feats = feats or PatchFeatures(config, device)
-    fine = PatchFeatures(dataclasses.replace(config, radius=config.steps[0]), device,
-                         trunk=feats.trunk) if config.pair_iterations > 1 else feats
     p0 = torch.from_numpy(kp0[matches[:, 0]]).to(device)
     p1 = torch.from_numpy(kp1[matches[:, 1]]).to(device)
     t0, t1 = image_tensor(img0, config, device), image_tensor(img1, config, device)
-    refs = None if config.affine else feats.describe(t0, p0)
-    new, score = p1, torch.zeros(len(p1), device=device)
-    for it in range(config.pair_iterations):
-        if config.affine:  # refit on the refined positions: the later warps are better
-            refs = feats.describe(t0, p0, local_affine(p0, new, config.affine_neighbours))
-        assert refs is not None
-        # later rounds only polish: a small window around the last position
-        step = feats if it == 0 else fine
-        new, score = search(step, t1, new, refs)
-    far = ((new - p1).norm(dim=1) > config.max_shift) | (score < config.min_score)
-    new = torch.where(far[:, None], p1, new)
+    new, score = refine_points(feats, t0, t1, p0, p1)
     new_np, score_np = new.cpu().numpy(), score.cpu().numpy()
     keep = _unique_best(matches[:, 1], score_np)
     out1[matches[keep, 1]] = new_np[keep]

@@ -73,22 +73,25 @@ def search(feats: PatchFeatures, image: torch.Tensor, points: torch.Tensor,
     return torch.cat(new), torch.cat(score)
 
 
-def local_affine(x0: torch.Tensor, x1: torch.Tensor, k: int, block: int = 1024) -> torch.Tensor:
+def local_affine(x0: torch.Tensor, x1: torch.Tensor, k: int, block: int = 1024,
+                 at: torch.Tensor | None = None) -> torch.Tensor:
     """For each match (x0[i] -> x1[i], (M, 2) each) the 2x2 affine part (M, 2, 2) of a
-    least-squares fit x1 ~ A x0 + t over its k nearest matches in image 0.
+    least-squares fit x1 ~ A x0 + t over its k nearest matches in image 0; with ``at``
+    (Q, 2) image-0 points, the fits around those instead (Q, 2, 2).
 
     Two rounds: the second drops neighbours whose residual exceeds 3x the median (wrong
     matches). Too few matches, degenerate or extreme fits (singular values outside
     1/8..8) give the identity: refinement then searches without the warp.
     """
+    queries = x0 if at is None else at
     M = len(x0)
-    eye = torch.eye(2, device=x0.device).expand(M, 2, 2).clone()
+    eye = torch.eye(2, device=x0.device).expand(len(queries), 2, 2).clone()
     if M < 4:
         return eye
     k = min(k, M)
     out = []
-    for b0 in range(0, M, block):
-        q = x0[b0 : b0 + block]
+    for b0 in range(0, len(queries), block):
+        q = queries[b0 : b0 + block]
         nn_idx = torch.cdist(q, x0).topk(k, largest=False).indices  # (B, k)
         a, b = x0[nn_idx], x1[nn_idx]  # (B, k, 2)
         w = torch.ones(a.shape[:2], device=x0.device)
