@@ -35,6 +35,7 @@ import pycolmap
 
 from d2cli.extract import ExtractSettings
 from d2cli.reconstruct import default_threads
+from d2cli.refine import RefineConfig
 from d2cli.sfm import sfm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,12 +113,20 @@ def evaluate(rec: pycolmap.Reconstruction,
             "focal_error": float(focal / GT_FOCAL_FOUNTAIN - 1)}
 
 
-def run_d2(images: Path, work: Path, max_edge: int, mapper: str,
-           threads: int) -> tuple[pycolmap.Reconstruction, float]:
-    """d2 sfm; a second mapper on the same work folder reuses features, matches, database."""
+def run_d2(images: Path, work: Path, max_edge: int, mapper: str, threads: int,
+           refine: bool = False) -> tuple[pycolmap.Reconstruction, float]:
+    """d2 sfm; a second mapper on the same work folder reuses features, matches, database.
+    ``refine``: in a copy of that folder (its features, matches and database reused), so
+    the unrefined model stays beside it."""
     t0 = time.perf_counter()
+    if refine:
+        plain, work = work, work.with_name(work.name + "-refine")
+        if not (work / "database.db").is_file() and (plain / "database.db").is_file():
+            shutil.copytree(plain, work, ignore=shutil.ignore_patterns("sparse*", "sfm.json"),
+                            dirs_exist_ok=True)
     result = sfm(images, work, extract_settings=ExtractSettings(max_edge=max_edge),
-                 mapper=mapper, num_threads=threads, device="cpu")
+                 mapper=mapper, num_threads=threads, device="cpu",
+                 refine=RefineConfig() if refine else None)
     steps = {k: v.get("seconds") for k, v in result.steps.items()}
     print(json.dumps({"d2 steps (s)": steps, "skipped": result.skipped}), flush=True)
     return pycolmap.Reconstruction(work / "sparse"), time.perf_counter() - t0
@@ -183,6 +192,8 @@ def main() -> None:
     ap.add_argument("--scenes", default="sacre_coeur,fountain-P11")
     ap.add_argument("--mappers", default="incremental,global",
                     help="d2 sfm mappers to run (SIFT: incremental, COLMAP's default).")
+    ap.add_argument("--refine", action="store_true",
+                    help="Also d2 sfm --refine (track refinement before mapping).")
     args = ap.parse_args()
     pycolmap.logging.minloglevel = 3
     scenes = {
@@ -197,6 +208,10 @@ def main() -> None:
         work = args.out / scene
         runs = [(f"d2 sfm ({m})", run_d2, (images, work / "d2", args.max_edge, m, args.threads))
                 for m in args.mappers.split(",")]
+        if args.refine:
+            runs += [(f"d2 sfm --refine ({m})", run_d2,
+                      (images, work / "d2", args.max_edge, m, args.threads, True))
+                     for m in args.mappers.split(",")]
         runs.append(("COLMAP SIFT", run_sift,
                      (images, work / "sift", args.max_edge, single, args.threads)))
         for method, fn, fn_args in runs:

@@ -169,6 +169,36 @@ def test_held_out_photos_are_localised_where_the_full_reconstruction_has_them(sc
     assert all(re.search(rf"^ok +{re.escape(q)} +inliers \d+/\d+", log, re.M) for q in QUERIES)
 
 
+def test_refined_localisation_is_as_good_and_an_unreadable_image_fails_its_query_only(
+        scene, tmp_path, samples_dir):
+    from d2cli.refine import RefineConfig
+
+    queries = _queries_with_intrinsics(scene, tmp_path / "q.txt")
+    args = (scene["map"], queries, scene["w"] / "pairs-loc.txt", scene["feats"], scene["matches"])
+    plain = localize(*args, tmp_path / "plain.txt")
+    refined = localize(*args, tmp_path / "refined.txt", refine=RefineConfig())
+    assert not refined.failed and sorted(refined.results) == sorted(QUERIES)
+    full = scene["full"]
+    for q in QUERIES:
+        p, r = plain.results[q], refined.results[q]
+        assert r.correspondences == p.correspondences  # the same 2D-3D pairs, moved
+        # refined points agree with the model at least as well (12 px RANSAC either way)
+        assert r.inliers >= 0.95 * p.inliers
+        R = read_poses(tmp_path / "refined.txt")[q][0]
+        R0 = read_poses(tmp_path / "plain.txt")[q][0]
+        assert rotation_error(R, R0) < 1.0  # the same pose up to the refinement
+        assert full.find_image_with_name(q) is not None
+
+    # images copied, one query image cut short: that query fails, the other is localised
+    imgs = tmp_path / "images"
+    shutil.copytree(samples_dir, imgs)
+    data = (imgs / QUERIES[0]).read_bytes()
+    (imgs / QUERIES[0]).write_bytes(data[: len(data) // 3])
+    r = localize(*args, tmp_path / "bad.txt", refine=RefineConfig(), image_dir=imgs)
+    assert sorted(r.results) == [QUERIES[1]] and list(r.failed) == [QUERIES[0]]
+    assert "refinement" in r.failed[QUERIES[0]] and str(imgs / QUERIES[0]) in r.failed[QUERIES[0]]
+
+
 def test_quaternion_convention_matches_colmap_images_txt(scene, tmp_path):
     """A photo of the model, localised against that model, gets the line COLMAP writes for it
     in images.txt (QW QX QY QZ TX TY TZ, world-to-camera)."""

@@ -132,3 +132,27 @@ def test_build_tracks_conflicts_and_singletons() -> None:
     assert t2.count == 2 and t2.ids["a"][1] == -1 and t2.ids["a"][0] == t2.ids["b"][1]
     t3 = build_tracks({"a": 2, "b": 2}, {("a", "b"): np.array([[0, 1]])}, max_track=2)
     assert t3.count == 1
+
+
+def test_query_refiner_moves_each_correspondence_to_its_reference(photo: np.ndarray,
+                                                                    tmp_path: Path) -> None:
+    from PIL import Image
+
+    from d2cli.refine.query import QueryRefiner
+
+    # query = the photo shifted by a sub-pixel amount; the reference = the photo itself
+    H = np.array([[1, 0, -0.9], [0, 1, 1.6], [0, 0, 1.0]])
+    Image.fromarray(photo).save(tmp_path / "ref.png")
+    Image.fromarray(warp(photo, H)).save(tmp_path / "query.png")
+    kr = grid_points()
+    truth = apply(H, kr)
+    kq = truth + np.random.default_rng(3).uniform(-3, 3, truth.shape).astype(np.float32)
+    rows = np.arange(0, len(kr), 2)  # only some matches carry a 3D point
+    refiner = QueryRefiner(RefineConfig(), tmp_path, cache=1)
+    out = refiner.refine("query.png", "ref.png", kq, kr, rows)
+    assert out.shape == (len(rows), 2)
+    after = np.linalg.norm(out - truth[rows], axis=1)
+    before = np.linalg.norm(kq[rows] - truth[rows], axis=1)
+    assert np.median(after) < 0.35 and np.median(after) < 0.2 * np.median(before)
+    # the cache of one image reloads what it dropped, with the same result
+    assert np.array_equal(refiner.refine("query.png", "ref.png", kq, kr, rows), out)

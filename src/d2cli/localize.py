@@ -56,6 +56,8 @@ from .io.features import FeatureFile, MatchFile
 from .io.pairs import read_pairs
 from .jobs import ProgressFn, Stage, interruptible
 from .references import ModelReference, Reference, ScanReference
+from .refine import RefineConfig
+from .refine.query import QueryRefiner
 
 MIN_POINTS = 4  # P3P needs 3 correspondences, and RANSAC one more to tell poses apart
 
@@ -190,9 +192,13 @@ def _query_camera(q: Query, ff: FeatureFile, image_dir: Path | None
 
 
 def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
-                     reference: Reference) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """(query keypoint indices (K,), 3D points (K, 3), matches used, references used)."""
-    n_q = len(ff.keypoints(q))
+                     reference: Reference, refiner: QueryRefiner | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(query 2D points (K, 2) in keypoint pixels, 3D points (K, 3), matches used,
+    references used); the 2D points refined against their reference keypoints with
+    ``refiner``, else the query's keypoints."""
+    kq = ff.keypoints(q)[:, :2]
+    n_q = len(kq)
     usable = [r for r in refs if reference.usable(r)]
     if not usable:
         where = ("is registered in the reference model" if reference.mode == "model"
@@ -202,7 +208,7 @@ def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile
     if not present:
         raise QueryFailed(f"none of its {len(usable)} pairs with usable reference images is in "
                           f"matches file {mf.path}")
-    q_idx, keys, xyzs = [], [], []
+    q_idx, keys, xyzs, p2ds = [], [], [], []
     n_matches = n_refs = 0
     for k, r in enumerate(present):
         m, _ = mf.get(q, r)
@@ -218,6 +224,14 @@ def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile
         n_refs += 1
         q_idx.append(m[ok, 0])
         xyzs.append(xyz[m[ok, 1]])
+        if refiner is None:
+            p2ds.append(kq[m[ok, 0]])
+        else:
+            try:
+                p2ds.append(refiner.refine(q, r, kq[m[:, 0]], ff.keypoints(r)[m[:, 1], :2],
+                                           np.flatnonzero(ok)))
+            except D2Error as e:  # an unreadable image costs this query only
+                raise QueryFailed(f"refinement: {e}") from None
         # a key per 3D point: the same point seen in two references counts once
         keys.append(ids[m[ok, 1]] if ids is not None else (k << 32) + m[ok, 1])
     if not q_idx:
@@ -226,22 +240,23 @@ def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile
     qi, key, xyz = np.concatenate(q_idx), np.concatenate(keys), np.concatenate(xyzs)
     _, first = np.unique(np.stack([qi, key], 1), axis=0, return_index=True)
     first.sort()
-    return qi[first], xyz[first], n_matches, n_refs
+    return np.concatenate(p2ds)[first], xyz[first], n_matches, n_refs
 
 
 def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
-                  reference: Reference, image_dir: Path | None, s: _Settings) -> QueryResult:
+                  reference: Reference, image_dir: Path | None, s: _Settings,
+                  refiner: QueryRefiner | None = None) -> QueryResult:
     if q.name not in ff:
         raise QueryFailed(f"not in features file {ff.path}")
     if not refs:
         raise QueryFailed("no pairs with a reference image in the pairs file")
     camera, source = _query_camera(q, ff, image_dir)
-    qi, p3d, n_matches, n_refs = _correspondences(q.name, refs, ff, mf, reference)
-    n = len(qi)
+    p2d, p3d, n_matches, n_refs = _correspondences(q.name, refs, ff, mf, reference, refiner)
+    n = len(p2d)
     if n < max(MIN_POINTS, s.min_inliers):
         raise QueryFailed(f"only {n} 2D-3D correspondences (need {max(MIN_POINTS, s.min_inliers)})")
     # keypoints have pixel centres at integers, COLMAP at +0.5
-    p2d = ff.keypoints(q.name)[qi, :2].astype(np.float64) + 0.5
+    p2d = p2d.astype(np.float64) + 0.5
     est = pycolmap.AbsolutePoseEstimationOptions()
     est.ransac.max_error = s.max_error
     est.ransac.random_seed = s.seed
@@ -392,6 +407,7 @@ def localize(
     seed: int = 0,
     overwrite: bool = False,
     verbose: bool = False,
+    refine: RefineConfig | None = None,
     progress: ProgressFn | None = None,
 ) -> LocalizeResult:
     """Localise the queries of ``queries`` against a COLMAP model or InLoc scans.
@@ -407,7 +423,9 @@ def localize(
     guessed from the image size). ``image_dir`` (default: the features' image root) is read
     for EXIF of queries without intrinsics. ``full_names``: write the query names as given
     (default: basenames, as the Aachen and InLoc submissions want). ``log``: default
-    ``out`` with the suffix ``.log``.
+    ``out`` with the suffix ``.log``. ``refine``: refine each correspondence's query
+    point against its reference keypoint first (:mod:`d2cli.refine.query`; reads the query
+    and reference images from ``image_dir``).
 
     Failed queries are in ``result.failed`` (name -> reason) and the log; they do not stop
     the others. An interrupted run resumes from ``out.partial`` unless ``overwrite``.
@@ -437,7 +455,8 @@ def localize(
                          refine_focal_length=bool(refine_focal_length), seed=int(seed))
     header = {"d2 localize": 1, "settings": asdict(settings), "inputs": [
         _fingerprint(Path(p)) for p in (ref_path, queries, pairs, features, matches)],
-        "inloc_alignments": str(inloc_alignments) if inloc_alignments else None}
+        "inloc_alignments": str(inloc_alignments) if inloc_alignments else None,
+        "refine": refine.as_dict() if refine is not None else None}
 
     with FeatureFile(features) as ff, MatchFile(matches) as mf, quiet_colmap(verbose):
         if inloc_scans is not None:
@@ -451,6 +470,11 @@ def localize(
         if image_dir is not None and not Path(image_dir).is_dir():
             raise InputNotFound(f"{image_dir}: image folder not found")
         img_dir = Path(root) if root and Path(root).is_dir() else None
+        if refine is not None and img_dir is None:
+            raise InputNotFound(f"refinement reads the images, and the image folder "
+                                f"{root or '(none recorded in ' + str(features) + ')'} is not "
+                                "there: pass --image-dir")
+        refiner = QueryRefiner(refine, img_dir) if refine is not None else None
 
         journal = Journal(Path(str(out) + ".partial"), header)
         result.resumed = 0 if overwrite else journal.load(qnames)
@@ -460,7 +484,7 @@ def localize(
             for q in stop.each(q for q in query_list if q.name not in journal):
                 try:
                     journal.add(_localize_one(q, refs[q.name], ff, mf, reference, img_dir,
-                                              settings))
+                                              settings, refiner))
                     stage.advance(q.name)
                 except QueryFailed as e:
                     journal.add_failure(q.name, str(e))

@@ -41,7 +41,11 @@ from .common import (
               help="A query with fewer PnP inliers fails.")
 @click.option("--refine-focal", is_flag=True, help="Refine each query's focal length with its pose.")
 @click.option("--image-dir", type=click.Path(),
-              help="Query images, read for EXIF [default: the root recorded in the features].")
+              help="Query images, read for EXIF, and with --refine the reference images too "
+                   "[default: the root recorded in the features].")
+@click.option("--refine", is_flag=True,
+              help="Featuremetric refinement of every correspondence's query point against "
+                   "its reference keypoint before the pose (reads the images).")
 @click.option("--full-names", is_flag=True,
               help="Write query names as given, not their basenames (the Aachen/InLoc form).")
 @click.option("--overwrite", is_flag=True, help="Do not resume an interrupted run.")
@@ -50,8 +54,8 @@ from .common import (
 @json_option
 @command
 def localize_cmd(reference, inloc_scans, inloc_alignments, queries, pairs_file, features, matches,
-                 out, log_file, max_error, min_inliers, refine_focal, image_dir, full_names,
-                 overwrite, verbose, quiet, as_json) -> int:
+                 out, log_file, max_error, min_inliers, refine_focal, image_dir, refine,
+                 full_names, overwrite, verbose, quiet, as_json) -> int:
     """Localise query images against a COLMAP model (--reference) or InLoc scans.
 
     2D-3D correspondences come from the queries' matches to reference keypoints that
@@ -59,13 +63,15 @@ def localize_cmd(reference, inloc_scans, inloc_alignments, queries, pairs_file, 
     Failed queries are listed with the reason (exit 1); an interrupted run resumes.
     """
     from ..localize import localize
+    from ..refine import RefineConfig
 
     with progress(quiet or as_json) as show:
         result = localize(
             reference, queries, pairs_file, features, matches, out, max_error=max_error,
             min_inliers=min_inliers, refine_focal_length=refine_focal, inloc_scans=inloc_scans,
             inloc_alignments=inloc_alignments, image_dir=image_dir, full_names=full_names,
-            log=log_file, overwrite=overwrite, verbose=verbose, progress=show)
+            log=log_file, overwrite=overwrite, verbose=verbose,
+            refine=RefineConfig() if refine else None, progress=show)
     s = result.summary()
     if as_json:
         print_json(s)

@@ -1,0 +1,57 @@
+"""Two-view refinement of localisation queries (``d2 localize --refine``).
+
+A query's 2D-3D correspondences come from its matches to reference images. Each one's 2D
+position is refined against the reference keypoint it was matched to (the reference
+fixed, as the 3D point was triangulated from it; its patch warped by the local affine map
+of that pair's matches), so a query keypoint matched to two references may get two
+slightly different positions, one per correspondence, which is what the pose solver wants.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..device import pick_device
+from ..images import load_rgb
+from .config import RefineConfig
+from .features import PatchFeatures, image_tensor
+from .pair import refine_points
+
+
+class QueryRefiner:
+    """Refines query points against reference keypoints; keeps the last ``cache`` images
+    (references recur across queries) of ``image_dir`` loaded."""
+
+    def __init__(self, config: RefineConfig, image_dir: Path, cache: int = 8) -> None:
+        self.config, self.image_dir, self.cache = config, Path(image_dir), cache
+        self.feats = PatchFeatures(config, pick_device(config.device))
+        self._loaded: dict[str, torch.Tensor] = {}
+
+    def image(self, name: str) -> torch.Tensor:
+        """The image as the refinement reads it; D2Error (naming the file) if unreadable."""
+        if name in self._loaded:
+            self._loaded[name] = self._loaded.pop(name)  # most recently used last
+        else:
+            if len(self._loaded) >= self.cache:
+                self._loaded.pop(next(iter(self._loaded)))
+            self._loaded[name] = image_tensor(load_rgb(self.image_dir / name), self.config,
+                                              self.feats.device)
+        return self._loaded[name]
+
+    def refine(self, query: str, reference: str, query_points: np.ndarray,
+               reference_points: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Refined query positions (R, 2) float32 of the matches ``rows`` (R,).
+
+        query_points, reference_points (M, 2): x y of all M matches of the pair (the
+        affine maps are fitted to all of them); rows: the ones to refine.
+        """
+        dev = self.feats.device
+        tq, tr = self.image(query), self.image(reference)
+        xq = torch.from_numpy(np.ascontiguousarray(query_points, dtype=np.float32)).to(dev)
+        xr = torch.from_numpy(np.ascontiguousarray(reference_points, dtype=np.float32)).to(dev)
+        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(dev)
+        new, _ = refine_points(self.feats, tr, tq, xr[idx], xq[idx], context=(xr, xq))
+        return new.cpu().numpy().astype(np.float32)
