@@ -44,6 +44,8 @@ from d2cli.localize import localize, read_poses
 from d2cli.match import match
 from d2cli.pairs import pairs_exhaustive
 from d2cli.reconstruct import reconstruct
+from d2cli.refine import RefineConfig
+from d2cli.refine.database import refine_database
 from d2cli.weights import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,10 +104,24 @@ def evaluate(model: Path, poses_file: Path, gt: dict, mapped: list[str]) -> dict
 
 
 def run_d2(data: Path, work: Path, names: list[str], mapped: list[str], K: np.ndarray,
-           max_edge: int, queries: Path, model: str = DEFAULT_MODEL) -> dict:
+           max_edge: int, queries: Path, model: str = DEFAULT_MODEL,
+           refine: bool = False) -> dict:
+    """The d2 pipeline; ``refine``: in the same folder, reusing the features and matches
+    of the plain run: track refinement of the map's database before mapping
+    (map-refined.db, model-refined) and ``localize --refine``."""
     t0 = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     feats, matches = work / "feats.h5", work / "matches.h5"
+    if refine:
+        r = refine_database(work / "map.db", feats, work / "feats-refined.h5",
+                            work / "map-refined.db", image_dir=data / "images")
+        reconstruct(work / "map-refined.db", work / "model-refined", num_threads=THREADS,
+                    seed=SEED, intrinsics="fixed")
+        loc = localize(work / "model-refined", queries, work / "pairs-loc.txt",
+                       work / "feats-refined.h5", matches, work / "poses-refined.txt",
+                       refine=RefineConfig(), image_dir=data / "images")
+        return {"seconds": time.perf_counter() - t0, "result": loc,
+                "refine_seconds": r.seconds}
     ex = extract([data / "images" / n for n in names], feats, model=model,
                  settings=ExtractSettings(max_edge=max_edge), device="cpu")
     if ex.failed:
@@ -198,6 +214,8 @@ def main() -> None:
     ap.add_argument("--max-edge", type=int, default=1024)
     ap.add_argument("--work", type=Path, help="Keep the intermediate files here.")
     ap.add_argument("--write", action="store_true", help="Update docs/benchmarks.md.")
+    ap.add_argument("--refine", action="store_true",
+                    help="Also D2-Net with sfm track refinement and localize --refine.")
     ap.add_argument("--model", action="append",
                     help=f"D2-Net model(s) to compare, repeatable [default: {DEFAULT_MODEL}].")
     args = ap.parse_args()
@@ -217,6 +235,9 @@ def main() -> None:
     rows = []
     runs = [(f"D2-Net ({m})", functools.partial(run_d2, model=m), work / f"d2-{m}", "model")
             for m in args.model or [DEFAULT_MODEL]]
+    if args.refine:  # after its plain run, in the same folder
+        runs += [(f"D2-Net ({m}) + refine", functools.partial(run_d2, model=m, refine=True),
+                  work / f"d2-{m}", "model-refined") for m in args.model or [DEFAULT_MODEL]]
     for label, fn, wdir, model_dir in [*runs, ("COLMAP SIFT", run_sift, work, "sift-model")]:
         run = fn(args.data, wdir, names, mapped, K, args.max_edge, queries)
         ev = evaluate(wdir / model_dir, run["result"].out, gt, mapped)

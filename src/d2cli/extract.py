@@ -28,6 +28,7 @@ from .images import (
     ImageItem,
     collect_images,
     load_rgb,
+    load_rgb_reduced,
     network_input_size,
     preprocess,
     read_image_size,
@@ -43,6 +44,7 @@ from .shard import Shard
 from .weights import ModelInfo, resolve_model
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+DECODE_MODES = ("full", "reduced")
 # peak trunk memory per input pixel of the largest level: two 64-channel fp32 maps (conv1)
 BYTES_PER_INPUT_PIXEL = 2 * 64 * 4
 
@@ -59,8 +61,14 @@ class ExtractSettings:
     max_keypoints: int | None = None
     descriptor_dtype: str = "float16"
     precision: str = "fp32"  # of the trunk; detection and refinement always run in fp32
+    # "full": decode every pixel, then the reference resize (reference-exact); "reduced":
+    # JPEGs decoded at 1/2-1/8 scale when the network input is that much smaller (bounded
+    # memory for huge images; pixels differ from the reference's)
+    decode: str = "full"
 
     def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise UsageError(f"decode must be one of {', '.join(DECODE_MODES)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}")
         if not self.scales or any(s <= 0 for s in self.scales):
@@ -216,9 +224,16 @@ def _prefetch(extractor: Extractor, items: list[ImageItem], workers: int,
 
     def load(item: ImageItem) -> _Loaded:
         try:
-            rgb = load_rgb(item.path, max_pixels)
+            s = extractor.settings
+            if s.decode == "reduced" and (wh := read_image_size(item.path)):
+                rgb, (w, h) = load_rgb_reduced(
+                    item.path, network_input_size(*wh, s.max_edge, s.max_sum_edges), max_pixels)
+            else:
+                rgb = load_rgb(item.path, max_pixels)
+                w, h = rgb.shape[1], rgb.shape[0]
             x, fi, fj = extractor.prepare(rgb)
-            return _Loaded(item, x, (fi, fj), (rgb.shape[1], rgb.shape[0]))
+            # keypoints go back to original pixels, through the decode's reduction too
+            return _Loaded(item, x, (fi * h / rgb.shape[0], fj * w / rgb.shape[1]), (w, h))
         except BadImage as e:  # the message names the file, whatever raised it
             msg = str(e)
             return _Loaded(item, error=msg if msg.startswith(str(item.path)) else f"{item.path}: {msg}")

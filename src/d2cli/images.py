@@ -95,15 +95,36 @@ def load_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
     Images over ``max_pixels`` (default Pillow's own refusal size, ~179 MP; 0 or None:
     no limit) are refused from their header, before any pixel is decoded.
     """
-    p = Path(path)
+    return _decode(Path(path), max_pixels, None)[0]
+
+
+def load_rgb_reduced(path: str | os.PathLike, at_least: tuple[int, int],
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode a JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling, no full-size
+    buffer), the smallest of those still at least ``at_least`` (W, H); other formats
+    decode in full. Returns (RGB (h, w, 3) uint8, the original (W, H)).
+
+    Memory stays bounded by the reduced size (a 180 MP JPEG for a 1600 px network input
+    decodes to 1/8: 2.8 MP), so ``max_pixels`` applies to the decoded pixels. The pixels
+    differ from a full decode followed by the reference resize: not reference-exact.
+    """
+    return _decode(Path(path), max_pixels, at_least)
+
+
+def _decode(p: Path, max_pixels: int | None, at_least: tuple[int, int] | None
+            ) -> tuple[np.ndarray, tuple[int, int]]:
     try:
         with Image.open(p) as im:
+            size = im.size
+            if at_least is not None and im.format == "JPEG":
+                im.draft("RGB", (max(1, at_least[0]), max(1, at_least[1])))
             w, h = im.size
             if max_pixels and w * h > max_pixels:
                 raise BadImage(f"{p}: {w}x{h} is {w * h / 1e6:.0f} MP, over the limit of "
                                f"{max_pixels / 1e6:.0f} MP (--max-pixels N raises it, 0 lifts it)")
             im.load()
-            return _to_rgb(im)
+            return _to_rgb(im), size
     except FileNotFoundError:
         raise BadImage(f"{p}: no such file") from None
     except UnidentifiedImageError:

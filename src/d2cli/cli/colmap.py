@@ -11,6 +11,7 @@ from .common import (
     camera_options,
     chosen_scales,
     command,
+    decode_option,
     device_option,
     done_line,
     err_console,
@@ -170,6 +171,7 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @click.option("--multiscale", is_flag=True, help="Scales 0.5, 1, 2 (the paper's D2-Net MS).")
 @click.option("--max-keypoints", type=int, help="Keep the K highest scores per image.")
 @max_pixels_option
+@decode_option
 @click.option("--pairs-from", type=click.Choice(["exhaustive", "sequential", "retrieval"]),
               default="exhaustive", show_default=True,
               help="Which pairs to match: all, each image with the next --overlap, or the "
@@ -192,7 +194,7 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @json_option
 @command
 def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, max_keypoints,
-            max_pixels, pairs_from, overlap, descriptors, num_matched, pairs_file, ratio, refine,
+            max_pixels, decode, pairs_from, overlap, descriptors, num_matched, pairs_file, ratio, refine,
             camera_mode, camera_model, camera_params, mapper, intrinsics, threads, seed, device,
             verbose, quiet, as_json) -> int:
     """Images -> COLMAP model: extract, pairs, match, colmap-import, reconstruct.
@@ -208,7 +210,7 @@ def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, ma
     strategy = PairStrategy("file" if pairs_file else pairs_from, overlap=overlap,
                             descriptors=descriptors, num_matched=num_matched, file=pairs_file)
     settings = extract_settings(chosen_scales(None, multiscale), max_edge=max_edge,
-                                max_keypoints=max_keypoints)
+                                max_keypoints=max_keypoints, decode=decode)
     with progress(quiet or as_json) as show:
         result = sfm(images, out, model=model, extract_settings=settings,
                      match_settings=MatchSettings(ratio=ratio),

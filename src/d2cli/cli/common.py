@@ -217,11 +217,16 @@ multiscale_options = options(
     click.option("--scales", help="Any pyramid, e.g. '0.5,1'. Overrides --multiscale."),
 )
 
+decode_option = click.option(
+    "--decode", type=click.Choice(["full", "reduced"]), default="full", show_default=True,
+    help="reduced: decode JPEGs at 1/2-1/8 size when the network input is that much smaller "
+         "(huge aerial/panorama images in bounded memory; not reference-exact).")
 resize_options = options(
     click.option("--max-edge", default=1600, show_default=True,
                  help="Downscale images whose longer side is larger (reference policy)."),
     click.option("--max-sum-edges", default=2800, show_default=True,
                  help="Then downscale images whose width + height is larger."),
+    decode_option,
 )
 
 network_options = options(

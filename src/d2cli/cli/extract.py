@@ -53,7 +53,7 @@ from .common import (
 @json_option
 @command
 def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, max_edge,
-                max_sum_edges, preprocessing, no_relu, max_keypoints, descriptor_dtype, device,
+                max_sum_edges, decode, preprocessing, no_relu, max_keypoints, descriptor_dtype, device,
                 batch_size, precision, memory_cap, workers, max_pixels, commit_every, shard, overwrite, quiet,
                 as_json) -> int:
     """Extract D2-Net features of IMAGES (files and/or folders) into an HDF5 file.
@@ -65,7 +65,8 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
 
     settings = extract_settings(chosen_scales(scales, multiscale), max_edge, max_sum_edges,
                                 preprocessing, no_relu, max_keypoints,
-                                descriptor_dtype=descriptor_dtype, precision=precision)
+                                descriptor_dtype=descriptor_dtype, precision=precision,
+                                decode=decode)
     with sharded(out, shard, device) as run, progress(quiet or as_json or run.rank > 0) as show:
         result = extract(
             images, out, model=model, settings=settings, image_list=image_list,
