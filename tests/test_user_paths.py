@@ -168,3 +168,42 @@ def test_sfm_refine_writes_refined_copies_and_keeps_the_originals(d2, six, tmp_p
     assert again.returncode == proc.returncode
     if again.returncode == 0:
         assert "refine" in json.loads(again.stdout)["skipped"]
+
+
+def test_reduced_decoding_of_a_big_jpeg_is_bounded_and_lands_in_original_pixels(
+        d2, tmp_path, samples_dir):
+    from d2cli.extract import ExtractSettings, extract
+    from d2cli.images import load_rgb, load_rgb_reduced
+    from d2cli.io.features import FeatureFile
+
+    src = load_rgb(samples_dir / SUBSET[0])
+    big = tmp_path / "big"
+    big.mkdir()
+    Image.fromarray(src).resize((3200, 2136), Image.BICUBIC).save(big / "aerial.jpg", quality=92)
+    Image.fromarray(src).save(big / "small.png")
+    rgb, size = load_rgb_reduced(big / "aerial.jpg", (400, 267))
+    assert size == (3200, 2136) and rgb.shape == (267, 400, 3)  # 1/8: libjpeg's DCT scaling
+
+    # 3.2 MP full decode is over a 1 MP limit; the reduced decode is 0.1 MP and passes
+    common = ["--max-edge", "400", "--max-pixels", "1000000", "--device", "cpu", "--json"]
+    proc = d2("extract", big / "aerial.jpg", "--out", tmp_path / "full.h5", *common)
+    assert proc.returncode == 2 and "over the limit of 1 MP" in proc.stdout
+    proc = d2("extract", big, "--out", tmp_path / "red.h5", *common, "--decode", "reduced")
+    assert proc.returncode == 0, proc.stderr
+    full = extract([big / "aerial.jpg", big / "small.png"], tmp_path / "full.h5", device="cpu",
+                   settings=ExtractSettings(max_edge=400))
+    assert not full.failed
+    with FeatureFile(tmp_path / "red.h5") as r, FeatureFile(tmp_path / "full.h5") as f:
+        assert r.attrs["settings"]["decode"] == "reduced"
+        fr, ff = r["aerial.jpg"], f["aerial.jpg"]
+        assert list(fr.image_size) == [3200, 2136] == list(ff.image_size)
+        assert 0.7 < len(fr.keypoints) / len(ff.keypoints) < 1.4
+        # keypoints in original pixels: within one network pixel (8 px) of the full decode's
+        d = np.linalg.norm(fr.keypoints[:, None] - ff.keypoints[None], axis=2).min(1)
+        assert np.median(d) < 8
+        # formats without DCT scaling decode in full: the very same features
+        assert np.array_equal(r["small.png"].keypoints, f["small.png"].keypoints)
+        assert np.array_equal(r["small.png"].descriptors, f["small.png"].descriptors)
+    # the decode mode is a setting: resuming the file with another one is refused
+    proc = d2("extract", big, "--out", tmp_path / "red.h5", *common)
+    assert proc.returncode == 2 and "decode: reduced -> full" in proc.stdout
