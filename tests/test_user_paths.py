@@ -123,6 +123,24 @@ def test_sfm_sequential_pairs_from_an_image_list_then_export(d2, six, tmp_path):
     assert f"element vertex {rec.num_points3D()}".encode() in ply.read_bytes()[:200]
 
 
+def test_sfm_changing_the_pair_strategy_leaves_exactly_the_new_pairs_in_the_database(
+        d2, six, tmp_path):
+    from d2cli.colmap import database_stats
+
+    w = tmp_path / "w"
+    base = ["sfm", six, "--out", w, "--max-edge", "400", "--device", "cpu", "--json"]
+    proc = d2(*base)  # exhaustive: 15 pairs
+    assert proc.returncode == 0, proc.stderr
+    assert database_stats(w / "database.db")["matched_pairs"] == 15
+    proc = d2(*base, "--pairs-from", "sequential", "--overlap", "2")  # 5 + 4 pairs
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["steps"]["import"]["removed_pairs"] == 15 - 9
+    stats = database_stats(w / "database.db")
+    assert stats["matched_pairs"] == 9 and stats["verified_pairs"] <= 9
+    assert s["steps"]["match"]["pairs"] == 9  # the matches file keeps all 15 for later
+
+
 def test_sfm_retrieval_pairs_need_every_image_in_the_descriptors(d2, six, tmp_path):
     import h5py
 

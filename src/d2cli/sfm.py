@@ -161,7 +161,9 @@ def sfm(
     status.say(f"match: {len(mt.matched)} pairs matched now, {len(mt.skipped)} already done")
 
     # 4. database
-    im = colmap_import(database, feats, matches, pairs=pairs_path, camera_mode=camera_mode,
+    # prune: pairs of an earlier strategy must not reach the mapper
+    im = colmap_import(database, feats, matches, pairs=pairs_path, prune=True,
+                       camera_mode=camera_mode,
                        camera_model=camera_model, camera_params=camera_params, verbose=verbose,
                        progress=relabel(progress, "import {}"))
     if not result.record("import", im, bool(im.changed)):

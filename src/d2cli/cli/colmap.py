@@ -44,14 +44,17 @@ from .common import (
               help="Store the raw matches as verified geometry (no RANSAC).")
 @click.option("--reference-model", type=click.Path(),
               help="COLMAP model to mirror (same ids), for d2 reconstruct --reference-model.")
+@click.option("--prune-pairs", is_flag=True,
+              help="Delete the matches of database pairs not imported now (an earlier pairs "
+                   "list), so that the mapper sees exactly these pairs.")
 @click.option("--overwrite", is_flag=True, help="Start from an empty database.")
 @verbose_option
 @quiet_option
 @json_option
 @command
 def colmap_import_cmd(database, features, matches, pairs_file, image_dir, camera_mode,
-                      camera_model, camera_params, no_verify, reference_model, overwrite, verbose,
-                      quiet, as_json) -> int:
+                      camera_model, camera_params, no_verify, reference_model, prune_pairs,
+                      overwrite, verbose, quiet, as_json) -> int:
     """Write features and matches into the COLMAP DATABASE (created if missing).
 
     Keypoints get COLMAP's +0.5 pixel convention; matches are verified with pycolmap
@@ -64,8 +67,8 @@ def colmap_import_cmd(database, features, matches, pairs_file, image_dir, camera
         result = colmap_import(
             database, features, matches, pairs=pairs_file, image_dir=image_dir,
             camera_mode=camera_mode, camera_model=camera_model, camera_params=params,
-            verify=not no_verify, reference_model=reference_model, overwrite=overwrite,
-            verbose=verbose, progress=show)
+            verify=not no_verify, reference_model=reference_model, prune=prune_pairs,
+            overwrite=overwrite, verbose=verbose, progress=show)
     s = result.summary()
     if as_json:
         print_json(s)
@@ -77,6 +80,8 @@ def colmap_import_cmd(database, features, matches, pairs_file, image_dir, camera
             ("keypoints", f"{db['keypoints']} ({s['keypoints_written']} images written now)"),
             ("pairs imported", f"{s['pairs']} ({s['new_pairs']} new, {s['replaced_pairs']} "
                                f"replaced, {s['dropped_pairs']} self/duplicate dropped)"),
+            *([("pairs removed", f"{s['removed_pairs']} (not in this import)")]
+              if prune_pairs else []),
             ("verified now" if not no_verify else "stored unverified",
              f"{s['verified_now']} ({s['inlier_pairs_now']} usable)"),
             ("database", f"{db['matched_pairs']} matched pairs, {db['verified_pairs']} "

@@ -75,6 +75,7 @@ class ImportResult:
     dropped_pairs: int = 0  # self pairs and duplicate unordered pairs
     new_pairs: int = 0  # match lists written now
     replaced_pairs: int = 0  # match lists that differed from the database and were replaced
+    removed_pairs: int = 0  # pairs of an earlier pairs list deleted (prune)
     verified_now: int = 0  # pairs given a two-view geometry now
     inlier_pairs_now: int = 0  # ... of which usable by the mapper
     outside_model: int = 0  # images of the features file that the reference model lacks
@@ -89,7 +90,7 @@ class ImportResult:
     @property
     def changed(self) -> bool:
         return bool(self.new_images or self.keypoints_written or self.new_pairs
-                    or self.replaced_pairs or self.verified_now)
+                    or self.replaced_pairs or self.removed_pairs or self.verified_now)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -100,6 +101,7 @@ class ImportResult:
             "new_cameras": self.new_cameras, "keypoints_written": self.keypoints_written,
             "pairs": self.pairs, "dropped_pairs": self.dropped_pairs,
             "new_pairs": self.new_pairs, "replaced_pairs": self.replaced_pairs,
+            "removed_pairs": self.removed_pairs,
             "verified_now": self.verified_now, "inlier_pairs_now": self.inlier_pairs_now,
             "outside_model": self.outside_model,
             "outside_model_pairs": self.outside_model_pairs, "failed": self.failed,
@@ -250,6 +252,7 @@ def colmap_import(
     camera_params: Sequence[float] | None = None,
     verify: bool = True,
     reference_model: str | os.PathLike | None = None,
+    prune: bool = False,
     overwrite: bool = False,
     verbose: bool = False,
     progress: ProgressFn | None = None,
@@ -261,7 +264,9 @@ def colmap_import(
     ``image_dir`` (default: the image root recorded in the features file) is read for
     EXIF only: image files are optional. ``reference_model`` mirrors an existing COLMAP
     model with its ids and imports only its images, for ``reconstruct(...,
-    reference_model=...)``. ``overwrite`` starts from an empty database.
+    reference_model=...)``. ``prune``: matches and geometries of pairs that are in the
+    database but not imported now (another pairs list before) are deleted, so the mapper
+    sees exactly these pairs. ``overwrite`` starts from an empty database.
 
     Names that are not in the features file, and listed pairs missing from the matches
     file, are reported in ``result.failed``; the rest is imported.
@@ -295,7 +300,7 @@ def colmap_import(
         mf = MatchFile(matches) if matches is not None else None
         try:
             to_verify = _write_database(result, ff, mf, pairs, camera_mode, camera_model,
-                                        camera_params, verify, reference_model, progress)
+                                        camera_params, verify, reference_model, prune, progress)
         finally:
             if mf is not None:
                 mf.close()
@@ -309,7 +314,7 @@ def colmap_import(
 def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
                     pairs_path: str | os.PathLike | None, camera_mode: str, camera_model: str,
                     camera_params: Sequence[float] | None, verify: bool,
-                    reference_model: str | os.PathLike | None,
+                    reference_model: str | os.PathLike | None, prune: bool,
                     progress: ProgressFn | None) -> list[tuple[str, str]]:
     """Everything but the verification, in one transaction; returns the pairs to verify."""
     names = sorted(ff.names)
@@ -382,6 +387,9 @@ def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
                 result.new_pairs += 1
             db.write_matches(ia, ib, m)
             to_verify.append((a, b))
+        if prune:
+            _prune_pairs(result, db, {pycolmap.image_pair_to_pair_id(ids[a], ids[b])
+                                      for a, b in pair_list if a in ids and b in ids})
 
         if not verify:  # raw matches as inlier geometry, with a defined config
             for a, b in to_verify:
@@ -398,6 +406,21 @@ def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
                 result.inlier_pairs_now += int(len(m) > 0)
             to_verify = []
     return to_verify
+
+
+def _prune_pairs(result: ImportResult, db: pycolmap.Database, keep: set[int]) -> None:
+    """Delete the matches and two-view geometries of every pair not in ``keep`` (pair ids)."""
+    pair_ids, _ = db.read_all_matches()
+    geo_ids, _ = db.read_two_view_geometries()
+    for pid in sorted(set(map(int, pair_ids)) | set(map(int, geo_ids))):
+        if pid in keep:
+            continue
+        ia, ib = pycolmap.pair_id_to_image_pair(pid)
+        if db.exists_matches(ia, ib):
+            db.delete_matches(ia, ib)
+        if db.exists_two_view_geometry(ia, ib):
+            db.delete_two_view_geometry(ia, ib)
+        result.removed_pairs += 1
 
 
 def _colmap_keypoints(ff: FeatureFile, name: str) -> np.ndarray:
