@@ -188,6 +188,59 @@ def test_sfm_refine_writes_refined_copies_and_keeps_the_originals(d2, six, tmp_p
         assert "refine" in json.loads(again.stdout)["skipped"]
 
 
+def test_sfm_refine_interrupted_and_killed_resumes_to_the_same_keypoints(six, tmp_path):
+    """Ctrl-C during refinement -> 130, then SIGKILL: the journal keeps the finished pairs
+    and the third run ends with the keypoints of an uninterrupted run, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import h5py
+
+    env = dict(os.environ, COLUMNS="200", D2CLI_PROGRESS_SECONDS="0")
+    w = tmp_path / "w"
+    args = [sys.executable, "-m", "d2cli", "sfm", str(six), "--out", str(w), "--max-edge", "400",
+            "--device", "cpu", "--refine"]  # no --json: it silences the progress lines
+    ref = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert (w / "feats-refined.h5").is_file(), ref.stderr
+    with h5py.File(w / "feats-refined.h5") as f:
+        expected = {n: f[n]["keypoints"][()] for n in SUBSET}
+    for f in ("feats-refined.h5", "database-refined.db", "refine.json"):
+        (w / f).unlink()
+    shutil.rmtree(w / "sparse", ignore_errors=True)
+
+    def interrupt(sig: int, after: int) -> tuple[int, str]:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("refine: ") and int(line.split()[1].split("/")[0]) >= after:
+                proc.send_signal(sig)
+                break
+        seen.append(proc.stderr.read())
+        return proc.wait(timeout=120), "".join(seen)
+
+    rc, err = interrupt(signal.SIGINT, 1)
+    assert rc == 130 and "Traceback" not in err, err
+    assert not (w / "feats-refined.h5").exists()
+    journal = w / "feats-refined.h5.partial"
+    kept = len(journal.read_text().splitlines()) - 1
+    assert kept >= 1
+    rc, err = interrupt(signal.SIGKILL, kept + 2)
+    assert rc == -signal.SIGKILL, err
+    assert len(journal.read_text().splitlines()) - 1 >= kept + 1
+    again = subprocess.run([*args, "--json"], capture_output=True, text=True, env=env,
+                           timeout=600)
+    s = json.loads(again.stdout)
+    assert s["steps"]["refine"]["resumed_pairs"] >= kept + 1, again.stderr
+    assert not journal.exists()
+    with h5py.File(w / "feats-refined.h5") as f:
+        for n in SUBSET:
+            assert np.array_equal(f[n]["keypoints"][()], expected[n])
+
+
 def test_reduced_decoding_of_a_big_jpeg_is_bounded_and_lands_in_original_pixels(
         d2, tmp_path, samples_dir):
     from d2cli.extract import ExtractSettings, extract

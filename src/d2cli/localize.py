@@ -28,7 +28,6 @@ f = 1.2 * max(W, H), W x H from the features file.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from .errors import (
 from .images import read_image_size
 from .io.atomic import write_text_atomic
 from .io.features import FeatureFile, MatchFile
+from .io.journal import JsonJournal, fingerprint
 from .io.pairs import read_pairs
 from .jobs import ProgressFn, Stage, interruptible
 from .references import ModelReference, Reference, ScanReference
@@ -280,16 +280,6 @@ def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
 
 
 # --------------------------------------------------------------------------- files
-def _fingerprint(path: Path) -> list[Any]:
-    """What identifies an input's content cheaply: path, size and mtime of its files."""
-    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
-    out: list[Any] = [str(path.resolve())]
-    for f in files:
-        st = f.stat()
-        out.append([f.name, st.st_size, st.st_mtime_ns])
-    return out
-
-
 def read_poses(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """An Aachen poses file -> {name: (R (3, 3), t (3,))}, world-to-camera."""
     p = Path(path)
@@ -321,37 +311,27 @@ def _log_line(name: str, r: QueryResult | None, reason: str | None) -> str:
     return f"failed  {name}  {reason}"
 
 
-class Journal:
-    """``poses.txt.partial``: a header (inputs and settings), then one JSON line per query.
-
-    Each finished query is appended and flushed, so a killed or interrupted run loses at
-    most the query in flight; the next run with the same header takes the rest from here.
-    """
+class Journal(JsonJournal):
+    """``poses.txt.partial``: a header (inputs and settings), then one JSON line per query
+    (:class:`~d2cli.io.journal.JsonJournal`): a killed or interrupted run loses at most
+    the query in flight; the next run with the same header takes the rest from here."""
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
-        self.path, self.header = path, header
+        super().__init__(path, header)
         self.done: dict[str, QueryResult] = {}
         self.failed: dict[str, str] = {}
-        self._fh: Any = None
 
     def load(self, names: set[str]) -> int:
         """Read what an earlier run with this header finished (of ``names``); how many."""
-        try:
-            lines = self.path.read_text().splitlines()
-            if not lines or json.loads(lines[0]) != self.header:
-                return 0
-        except (OSError, ValueError):
-            return 0
-        for line in lines[1:]:
+        for d in self.records():
             try:
-                d = json.loads(line)
                 if d["name"] not in names:
                     continue
                 if "error" in d:
                     self.failed[d["name"]] = str(d["error"])
                 else:
                     self.done[d["name"]] = QueryResult(**d)
-            except (ValueError, TypeError, KeyError):  # the line a kill cut short: redo it
+            except (TypeError, KeyError):
                 continue
         for n in self.done:
             self.failed.pop(n, None)
@@ -360,31 +340,13 @@ class Journal:
     def __contains__(self, name: str) -> bool:
         return name in self.done or name in self.failed
 
-    def __enter__(self) -> Journal:
-        fresh = not (self.done or self.failed)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "w" if fresh else "a")
-        except OSError as e:
-            raise OutputError(f"{self.path}: cannot write ({e.strerror})") from None
-        if fresh:
-            self._write(self.header)
-        return self
-
-    def _write(self, d: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(d) + "\n")
-        self._fh.flush()
-
     def add(self, r: QueryResult) -> None:
         self.done[r.name] = r
-        self._write(asdict(r))
+        self.append(asdict(r))
 
     def add_failure(self, name: str, error: str) -> None:
         self.failed[name] = error
-        self._write({"name": name, "error": error})
-
-    def __exit__(self, *exc: object) -> None:
-        self._fh.close()
+        self.append({"name": name, "error": error})
 
 
 # --------------------------------------------------------------------------- the job
@@ -454,7 +416,7 @@ def localize(
     settings = _Settings(max_error=float(max_error), min_inliers=int(min_inliers),
                          refine_focal_length=bool(refine_focal_length), seed=int(seed))
     header = {"d2 localize": 1, "settings": asdict(settings), "inputs": [
-        _fingerprint(Path(p)) for p in (ref_path, queries, pairs, features, matches)],
+        fingerprint(Path(p)) for p in (ref_path, queries, pairs, features, matches)],
         "inloc_alignments": str(inloc_alignments) if inloc_alignments else None,
         "refine": refine.as_dict() if refine is not None else None}
 

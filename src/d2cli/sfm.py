@@ -173,8 +173,10 @@ def sfm(
 
     # 4b. featuremetric track refinement: feats-refined.h5 and database-refined.db
     if refine is not None:
-        database = _refine_step(result, database, feats, work, p["image_root"], refine, progress)
-        r = result.steps["refine"]
+        refined = _refine_step(result, database, feats, work, p["image_root"], refine, progress)
+        if refined is None:
+            return done()
+        database, r = refined, result.steps["refine"]
         status.say(f"refine: {r['keypoints_moved']} keypoints moved (median "
                    f"{r['median_shift']:.2f} px) in {r['tracks']} tracks")
 
@@ -206,8 +208,9 @@ def _pairs_step(result: SfmResult, feats: Path, pairs_path: Path,
 
 def _refine_step(result: SfmResult, database: Path, feats: Path, work: Path,
                  image_root: str | None, config: RefineConfig,
-                 progress: ProgressFn | None) -> Path:
-    """Refined features and database, redone only when the database or settings changed."""
+                 progress: ProgressFn | None) -> Path | None:
+    """Refined features and database, redone only when the database or settings changed;
+    None when interrupted (its journal resumes it)."""
     out_feats, out_db = work / "feats-refined.h5", work / "database-refined.db"
     stamp = work / "refine.json"
     made_from = {"database": database_stats(database), "refine": config.as_dict()}
@@ -220,6 +223,9 @@ def _refine_step(result: SfmResult, database: Path, feats: Path, work: Path,
     r = refine_database(database, feats, out_feats, out_db, image_dir=image_root,
                         config=config, progress=progress)
     result.steps["refine"] = r.summary()
+    if r.interrupted:
+        result.interrupted = True
+        return None
     write_json_atomic(stamp, {"made_from": made_from, "summary": r.summary()})
     return out_db
 

@@ -8,6 +8,8 @@ two-view geometries unchanged, ready for mapping. Both are written atomically.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -24,9 +26,10 @@ from ..errors import InputNotFound
 from ..images import load_rgb
 from ..io.atomic import write_atomic
 from ..io.features import FeatureFile
-from ..jobs import ProgressFn, Stage
+from ..io.journal import JsonJournal
+from ..jobs import ProgressFn, Stage, interruptible
 from .config import RefineConfig
-from .tracks import build_tracks, refine_tracks
+from .tracks import PairMoves, apply_moves, build_tracks, track_moves
 
 COLMAP_OFFSET = 0.5  # COLMAP puts the top-left pixel centre at (0.5, 0.5)
 
@@ -41,12 +44,14 @@ class RefineResult:
     median_shift: float = 0.0  # px, of the keypoints that moved
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)
+    resumed: int = 0  # pairs taken from an interrupted run's journal
     interrupted: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {"features": str(self.features), "database": str(self.database),
                 "images": self.images, "keypoints_moved": self.keypoints_moved,
                 "tracks": self.tracks, "median_shift": round(self.median_shift, 3),
+                "resumed_pairs": self.resumed,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -76,6 +81,8 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
     """Refine the keypoints of ``features`` along the verified tracks of ``database``.
 
     Images are read from ``image_dir`` (default: the root recorded in the features file).
+    Finished pairs go to ``<out_features>.partial`` as they are done: an interrupted
+    (``result.interrupted``, nothing else written) or killed run resumes from there.
     """
     t0 = time.perf_counter()
     config = config or RefineConfig()
@@ -89,10 +96,25 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
         if not (root / n).is_file():
             raise InputNotFound(f"{root / n}: image not found (refinement reads the images; "
                                 "pass the image folder)")
+    # pairs done by an interrupted run come from the journal; the others are computed
+    journal = JsonJournal(Path(str(out_features) + ".partial"), {
+        "d2 refine": 1, "inputs": _digest(kps, matches), "refine": config.as_dict()})
+    done = [pm for d in journal.records() if (pm := _moves_from_json(d)) is not None]
+    result.resumed = len(done)
     stage = Stage(progress, "refine", unit="pairs")
-    stage.start(len(matches))
-    refined = refine_tracks({n: (lambda n=n: load_rgb(root / n)) for n in names}, kps, matches,
-                            config, on_pair=lambda a, b: stage.advance(f"{a} {b}"))
+    stage.start(len(matches), done=len(done))
+    images = {n: (lambda n=n: load_rgb(root / n)) for n in names}
+    with journal, interruptible() as stop:
+        for pm in stop.each(track_moves(images, kps, matches, config,
+                                        skip={pm.pair for pm in done})):
+            journal.append(_moves_to_json(pm))
+            done.append(pm)
+            stage.advance(" ".join(pm.pair))
+    if stop.requested:  # the journal keeps the finished pairs for the next run
+        result.interrupted = True
+        result.seconds = time.perf_counter() - t0
+        return result
+    refined = apply_moves(kps, done)
     result.tracks = build_tracks({n: len(k) for n, k in kps.items()}, matches,
                                  config.max_track).count
     shifts = np.concatenate([np.linalg.norm(refined[n] - kps[n], axis=1) for n in names]
@@ -102,8 +124,37 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
     result.median_shift = float(np.median(moved)) if len(moved) else 0.0
     _write_features(Path(features), result.features, refined, config)
     _write_database(Path(database), result.database, ids, refined)
+    journal.remove()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _digest(kps: dict[str, np.ndarray], matches: dict[tuple[str, str], np.ndarray]) -> str:
+    """What the moves are computed from (keypoints, verified matches), by content: the
+    files' times change on every run that merely opens them."""
+    h = hashlib.sha256()
+    for n in sorted(kps):
+        h.update(n.encode() + b"\0" + np.ascontiguousarray(kps[n], "<f4").tobytes())
+    for a, b in sorted(matches):
+        h.update(f"{a}\0{b}\0".encode() + np.ascontiguousarray(matches[(a, b)], "<i8").tobytes())
+    return h.hexdigest()
+
+
+def _moves_to_json(pm: PairMoves) -> dict[str, Any]:
+    """Exact and compact: indices and float32 positions as base64 of their bytes."""
+    enc = lambda a, t: base64.b64encode(np.ascontiguousarray(a, t).tobytes()).decode()  # noqa: E731
+    return {"pair": list(pm.pair),
+            "moves": [[n, enc(i, "<i8"), enc(p, "<f4")] for n, i, p in pm.moves]}
+
+
+def _moves_from_json(d: dict[str, Any]) -> PairMoves | None:
+    dec = lambda s, t: np.frombuffer(base64.b64decode(s), dtype=t)  # noqa: E731
+    try:
+        return PairMoves((d["pair"][0], d["pair"][1]),
+                         [(n, dec(i, "<i8"), dec(p, "<f4").reshape(-1, 2))
+                          for n, i, p in d["moves"]])
+    except (KeyError, TypeError, ValueError):  # not a record of ours: redo that pair
+        return None
 
 
 def _write_features(src: Path, out: Path, refined: dict[str, np.ndarray],

@@ -16,7 +16,7 @@ them) and tracks larger than ``config.max_track`` (chains of wrong matches).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,28 +112,27 @@ def anchors(tracks: Tracks, matches: Mapping[tuple[str, str], np.ndarray]) -> di
     return out
 
 
-def refine_tracks(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.ndarray],
-                  matches: Mapping[tuple[str, str], np.ndarray],
-                  config: RefineConfig | None = None, feats: PatchFeatures | None = None,
-                  on_pair: Callable[[str, str], None] | None = None,
-                  cache: int = 4) -> dict[str, np.ndarray]:
-    """Refine the keypoints of every track to its anchor: one position per keypoint.
+@dataclass
+class PairMoves:
+    """The keypoints one verified pair moved: (image name, indices (K,), positions (K, 2))."""
 
-    images: name -> (H, W, 3) uint8 array or a loader returning one; keypoints: name ->
-    (N, 2) float32 x y original pixels; matches: (a, b) -> (M, 2) verified index pairs.
-    Every track keypoint verified-matched to its track's anchor moves to where the anchor
-    is (:func:`~d2cli.refine.pair.refine_points`: the anchor's patch warped by the local
-    affine map of that pair's matches, the guards of ``config``); anchors, keypoints not
-    matched to their anchor and those outside refinable tracks stay put. Pair-major: the
-    last ``cache`` images stay loaded; ``on_pair(a, b)`` after each pair.
-    Returns name -> (N, 2) float32.
-    """
+    pair: tuple[str, str]
+    moves: list[tuple[str, np.ndarray, np.ndarray]]
+
+
+def track_moves(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.ndarray],
+                matches: Mapping[tuple[str, str], np.ndarray],
+                config: RefineConfig | None = None, feats: PatchFeatures | None = None,
+                skip: Collection[tuple[str, str]] = (), cache: int = 4) -> Iterator[PairMoves]:
+    """The work of :func:`refine_tracks`, pair by pair (sorted), for jobs that journal
+    and resume: a pair's moves depend only on the inputs (the anchors are fixed by the
+    match graph, every keypoint moves in at most one pair), so pairs in ``skip`` (done
+    earlier) are left out without changing the others."""
     config = config or RefineConfig()
     kps = {n: np.asarray(k, dtype=np.float32).reshape(-1, 2) for n, k in keypoints.items()}
     tracks = build_tracks({n: len(k) for n, k in kps.items()}, matches, config.max_track)
-    out = {n: k.copy() for n, k in kps.items()}
     if tracks.count == 0:
-        return out
+        return
     device = pick_device(config.device) if feats is None else feats.device
     feats = feats or PatchFeatures(config, device)
     anchor = anchors(tracks, matches)
@@ -146,12 +145,16 @@ def refine_tracks(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.
             loaded[name] = image_tensor(_load(images[name]), config, device)
         return loaded[name]
 
+    skip = set(skip)
     for a, b in sorted(matches):
+        if (a, b) in skip:
+            continue
         m = np.asarray(matches[(a, b)], dtype=np.int64).reshape(-1, 2)
         ta, tb = tracks.ids[a][m[:, 0]], tracks.ids[b][m[:, 1]]
         same = (ta >= 0) & (ta == tb)
         xa = torch.from_numpy(kps[a][m[:, 0]]).to(device)
         xb = torch.from_numpy(kps[b][m[:, 1]]).to(device)
+        moves = []
         for src, dst, s_idx, d_idx, fwd in ((a, b, m[:, 0], m[:, 1], True),
                                             (b, a, m[:, 1], m[:, 0], False)):
             sel = np.flatnonzero(same & anchor[src][s_idx] & ~anchor[dst][d_idx])
@@ -160,7 +163,33 @@ def refine_tracks(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.
             ctx = (xa, xb) if fwd else (xb, xa)
             idx = torch.from_numpy(sel).to(device)
             new, _ = refine_points(feats, tensor(src), tensor(dst), ctx[0][idx], ctx[1][idx], ctx)
-            out[dst][d_idx[sel]] = new.cpu().numpy()
-        if on_pair is not None:
-            on_pair(a, b)
+            moves.append((dst, d_idx[sel], new.cpu().numpy().astype(np.float32)))
+        yield PairMoves((a, b), moves)
+
+
+def apply_moves(keypoints: Mapping[str, np.ndarray], moves: Iterable[PairMoves]
+                ) -> dict[str, np.ndarray]:
+    """Copies of keypoints (name -> (N, 2)) with the moves applied."""
+    out = {n: np.asarray(k, dtype=np.float32).reshape(-1, 2).copy() for n, k in keypoints.items()}
+    for pm in moves:
+        for name, idx, pos in pm.moves:
+            out[name][idx] = pos
     return out
+
+
+def refine_tracks(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.ndarray],
+                  matches: Mapping[tuple[str, str], np.ndarray],
+                  config: RefineConfig | None = None, feats: PatchFeatures | None = None,
+                  cache: int = 4) -> dict[str, np.ndarray]:
+    """Refine the keypoints of every track to its anchor: one position per keypoint.
+
+    images: name -> (H, W, 3) uint8 array or a loader returning one; keypoints: name ->
+    (N, 2) float32 x y original pixels; matches: (a, b) -> (M, 2) verified index pairs.
+    Every track keypoint verified-matched to its track's anchor moves to where the anchor
+    is (:func:`~d2cli.refine.pair.refine_points`: the anchor's patch warped by the local
+    affine map of that pair's matches, the guards of ``config``); anchors, keypoints not
+    matched to their anchor and those outside refinable tracks stay put. Pair-major: the
+    last ``cache`` images stay loaded (:func:`track_moves`). Returns name -> (N, 2) float32.
+    """
+    return apply_moves(keypoints, track_moves(images, keypoints, matches, config, feats,
+                                              cache=cache))
