@@ -63,6 +63,11 @@ CANDIDATES: dict[str, RefineConfig] = {
                                              max_shift=10.0, min_score=0.7),
     "image-t11-affine-r8-s0.8": RefineConfig(source="image", template=11, affine=True, radius=8.0,
                                              max_shift=10.0, min_score=0.8),
+    "image-t15-affine-r8-s0.5": RefineConfig(source="image", template=15, affine=True,
+                                             radius=8.0, max_shift=10.0, min_score=0.5),
+    "image-t11-affine-r8-it2-s0.5": RefineConfig(source="image", template=11, affine=True,
+                                                 radius=8.0, max_shift=10.0, min_score=0.5,
+                                                 pair_iterations=2),
     "image-t11-affine-r6": RefineConfig(source="image", template=11, affine=True, radius=6.0,
                                         max_shift=8.0),
 }
