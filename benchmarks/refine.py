@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from d2cli.device import pick_device
 from d2cli.eval.hpatches import find_sequences, match_errors
 from d2cli.eval.methods import PairReader, d2_method, run_methods, sift_method
 from d2cli.extract import Extractor, ExtractSettings
@@ -127,7 +128,7 @@ def validate(args: argparse.Namespace) -> None:
     names = args.configs or list(CANDIDATES)
     for name in names:
         cfg = CANDIDATES[name]
-        feats = PatchFeatures(cfg, torch.device(cfg.device))
+        feats = PatchFeatures(cfg, pick_device(cfg.device))
         errs, t = [], time.perf_counter()
         for img0, img1, H, f0, f1, m in data:
             k0, k1 = refine_pair(img0, img1, f0.keypoints, f1.keypoints, m, cfg, feats)
@@ -208,7 +209,7 @@ def evaluate(args: argparse.Namespace) -> None:
     roots = [Path(args.data) / "hpatches", Path(args.data) / "oxford"]
     settings = ExtractSettings(scales=MULTI_SCALE) if args.multiscale else ExtractSettings()
     d2 = d2_method("d2cli-v1", settings)
-    feats = PatchFeatures(cfg, torch.device(cfg.device))
+    feats = PatchFeatures(cfg, pick_device(cfg.device))
     print(f"refinement config {args.config}: {cfg.as_dict()}\n")
     print("| set | method | MMA@1 | @3 | @5 | @10 | matches/pair |\n"
           "| --- | --- | --- | --- | --- | --- | --- |")

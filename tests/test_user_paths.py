@@ -278,3 +278,26 @@ def test_reduced_decoding_of_a_big_jpeg_is_bounded_and_lands_in_original_pixels(
     # the decode mode is a setting: resuming the file with another one is refused
     proc = d2("extract", big, "--out", tmp_path / "red.h5", *common)
     assert proc.returncode == 2 and "decode: reduced -> full" in proc.stdout
+
+
+def test_refine_command_between_import_and_reconstruct(d2, six, tmp_path):
+    """The step-by-step pipeline: extract, match, colmap-import, d2 refine, reconstruct."""
+    import h5py
+
+    w = tmp_path / "w"
+    proc = d2("sfm", six, "--out", w, "--max-edge", "400", "--device", "cpu")
+    assert (w / "database.db").is_file(), proc.stderr
+    proc = d2("refine", w / "database.db", "--features", w / "feats.h5", "--device", "cpu",
+              "--json")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["keypoints_moved"] > 0 and s["features"] == str(w / "feats-refined.h5")
+    assert (w / "database-refined.db").is_file()
+    with h5py.File(w / "feats-refined.h5") as f:
+        assert json.loads(f.attrs["refine_json"])["source"] == "image"
+    proc = d2("reconstruct", w / "database-refined.db", "--out", tmp_path / "sparse", "--json")
+    assert proc.returncode in (0, 2), proc.stderr  # 6 small images may not map
+    # bad input: one line, exit 2
+    proc = d2("refine", tmp_path / "missing.db", "--features", w / "feats.h5")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "missing.db" in proc.stderr and "Traceback" not in proc.stderr

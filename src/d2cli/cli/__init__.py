@@ -30,10 +30,11 @@ from . import (  # noqa: E402  (each module adds its commands to `main`)
     localize,
     match,
     pairs,
+    refine,
     show,
     train,
     weights,
 )
 
-__all__ = ["main", "colmap", "eval", "extract", "localize", "match", "pairs", "show", "train",
+__all__ = ["main", "colmap", "eval", "extract", "localize", "match", "pairs", "refine", "show", "train",
            "weights"]

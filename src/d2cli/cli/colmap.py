@@ -223,7 +223,7 @@ def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, ma
                      camera_params=parse_floats(camera_params, "--camera-params"),
                      mapper=mapper, intrinsics=intrinsics, num_threads=threads, seed=seed,
                      device=device, max_pixels=max_pixels, pairs=strategy,
-                     refine=RefineConfig() if refine else None,
+                     refine=RefineConfig(device=device) if refine else None,
                      image_list=image_list, image_root=image_root, verbose=verbose,
                      progress=show)
     s = result.summary()

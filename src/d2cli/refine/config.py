@@ -50,6 +50,7 @@ class RefineConfig:
     max_track: tracks with more keypoints are left unchanged (merged tracks of wrong
         matches).
     block_size: keypoints per network batch; bounds memory, does not change results.
+    device: "auto" (a GPU when there is one), "cpu", "cuda:N".
     """
 
     source: str = "image"
@@ -65,7 +66,7 @@ class RefineConfig:
     max_track: int = 512
     block_size: int = 1024
     model: str | None = None  # d2cli.weights.resolve_model name/path; None: the default
-    device: str = "cpu"
+    device: str = "auto"  # where it runs (cuda when there is one); not a result setting
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -84,6 +85,9 @@ class RefineConfig:
         return search + 1.0 + (self.template // 2) * self.template_step * 1.5
 
     def as_dict(self) -> dict[str, Any]:
+        """The settings that change the results (recorded, compared on resume): all but
+        where it runs and how it is blocked."""
         d = asdict(self)
         d["steps"] = list(self.steps)
+        del d["device"], d["block_size"]
         return d
