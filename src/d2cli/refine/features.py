@@ -14,6 +14,7 @@ Shapes: B crops, G query points per crop, T = template**2 samples per point, C c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -140,3 +141,22 @@ class PatchFeatures:
     def descriptor_size(self, image: torch.Tensor) -> int:
         ch = image.shape[1] if self.trunk is None else self.trunk[-1].out_channels
         return int(ch * self.template.shape[0])
+
+
+class ImageCache:
+    """The last ``size`` images as :func:`image_tensor` makes them, loaded on demand by
+    ``load(name) -> (H, W, 3) uint8`` (least recently used dropped first)."""
+
+    def __init__(self, load: Callable[[str], np.ndarray], config: RefineConfig,
+                 device: torch.device, size: int = 4) -> None:
+        self.load, self.config, self.device, self.size = load, config, device, max(1, size)
+        self._t: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self._t:
+            self._t[name] = self._t.pop(name)  # most recently used last
+        else:
+            if len(self._t) >= self.size:
+                self._t.pop(next(iter(self._t)))
+            self._t[name] = image_tensor(self.load(name), self.config, self.device)
+        return self._t[name]

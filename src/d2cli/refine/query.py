@@ -17,7 +17,7 @@ import torch
 from ..device import pick_device
 from ..images import load_rgb
 from .config import RefineConfig
-from .features import PatchFeatures, image_tensor
+from .features import ImageCache, PatchFeatures
 from .pair import refine_points
 
 
@@ -26,20 +26,10 @@ class QueryRefiner:
     (references recur across queries) of ``image_dir`` loaded."""
 
     def __init__(self, config: RefineConfig, image_dir: Path, cache: int = 8) -> None:
-        self.config, self.image_dir, self.cache = config, Path(image_dir), cache
         self.feats = PatchFeatures(config, pick_device(config.device))
-        self._loaded: dict[str, torch.Tensor] = {}
-
-    def image(self, name: str) -> torch.Tensor:
-        """The image as the refinement reads it; D2Error (naming the file) if unreadable."""
-        if name in self._loaded:
-            self._loaded[name] = self._loaded.pop(name)  # most recently used last
-        else:
-            if len(self._loaded) >= self.cache:
-                self._loaded.pop(next(iter(self._loaded)))
-            self._loaded[name] = image_tensor(load_rgb(self.image_dir / name), self.config,
-                                              self.feats.device)
-        return self._loaded[name]
+        # an unreadable image raises BadImage naming the file
+        self.images = ImageCache(lambda n: load_rgb(Path(image_dir) / n), config,
+                                 self.feats.device, cache)
 
     def refine(self, query: str, reference: str, query_points: np.ndarray,
                reference_points: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -49,7 +39,7 @@ class QueryRefiner:
         affine maps are fitted to all of them); rows: the ones to refine.
         """
         dev = self.feats.device
-        tq, tr = self.image(query), self.image(reference)
+        tq, tr = self.images[query], self.images[reference]
         xq = torch.from_numpy(np.ascontiguousarray(query_points, dtype=np.float32)).to(dev)
         xr = torch.from_numpy(np.ascontiguousarray(reference_points, dtype=np.float32)).to(dev)
         idx = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(dev)

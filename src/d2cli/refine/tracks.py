@@ -24,7 +24,7 @@ import torch
 
 from ..device import pick_device
 from .config import RefineConfig
-from .features import PatchFeatures, image_tensor
+from .features import ImageCache, PatchFeatures
 from .pair import refine_points
 
 ImageSource = np.ndarray | Callable[[], np.ndarray]
@@ -136,14 +136,7 @@ def track_moves(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.nd
     device = pick_device(config.device) if feats is None else feats.device
     feats = feats or PatchFeatures(config, device)
     anchor = anchors(tracks, matches)
-    loaded: dict[str, torch.Tensor] = {}
-
-    def tensor(name: str) -> torch.Tensor:
-        if name not in loaded:
-            if len(loaded) >= cache:
-                loaded.pop(next(iter(loaded)))
-            loaded[name] = image_tensor(_load(images[name]), config, device)
-        return loaded[name]
+    tensor = ImageCache(lambda n: _load(images[n]), config, device, cache)
 
     skip = set(skip)
     for a, b in sorted(matches):
@@ -162,7 +155,7 @@ def track_moves(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.nd
                 continue
             ctx = (xa, xb) if fwd else (xb, xa)
             idx = torch.from_numpy(sel).to(device)
-            new, _ = refine_points(feats, tensor(src), tensor(dst), ctx[0][idx], ctx[1][idx], ctx)
+            new, _ = refine_points(feats, tensor[src], tensor[dst], ctx[0][idx], ctx[1][idx], ctx)
             moves.append((dst, d_idx[sel], new.cpu().numpy().astype(np.float32)))
         yield PairMoves((a, b), moves)
 
