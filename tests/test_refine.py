@@ -156,3 +156,15 @@ def test_query_refiner_moves_each_correspondence_to_its_reference(photo: np.ndar
     assert np.median(after) < 0.35 and np.median(after) < 0.2 * np.median(before)
     # the cache of one image reloads what it dropped, with the same result
     assert np.array_equal(refiner.refine("query.png", "ref.png", kq, kr, rows), out)
+
+
+def test_anchor_is_the_best_connected_keypoint_of_each_track() -> None:
+    from d2cli.refine.tracks import anchors
+
+    # track 1: a0-b0, b0-c0, a0-c0 (all degree 2: the first image wins); track 2: a1-b1, b1-c1
+    matches = {("a", "b"): np.array([[0, 0], [1, 1]]), ("b", "c"): np.array([[0, 0], [1, 1]]),
+               ("a", "c"): np.array([[0, 0]])}
+    t = build_tracks({"a": 2, "b": 2, "c": 2}, matches)
+    got = anchors(t, matches)
+    assert got["a"].tolist() == [True, False]
+    assert got["b"].tolist() == [False, True] and got["c"].tolist() == [False, False]

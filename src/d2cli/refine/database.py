@@ -104,8 +104,10 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
     stage = Stage(progress, "refine", unit="pairs")
     stage.start(len(matches), done=len(done))
     images = {n: (lambda n=n: load_rgb(root / n)) for n in names}
+    tracks = build_tracks({n: len(k) for n, k in kps.items()}, matches, config.max_track)
+    result.tracks = tracks.count
     with journal, interruptible() as stop:
-        for pm in stop.each(track_moves(images, kps, matches, config,
+        for pm in stop.each(track_moves(images, kps, matches, config, tracks=tracks,
                                         skip={pm.pair for pm in done})):
             journal.append(_moves_to_json(pm))
             done.append(pm)
@@ -115,8 +117,6 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
         result.seconds = time.perf_counter() - t0
         return result
     refined = apply_moves(kps, done)
-    result.tracks = build_tracks({n: len(k) for n, k in kps.items()}, matches,
-                                 config.max_track).count
     shifts = np.concatenate([np.linalg.norm(refined[n] - kps[n], axis=1) for n in names]
                             or [np.zeros(0)])
     moved = shifts[shifts > 0]

@@ -98,17 +98,17 @@ def anchors(tracks: Tracks, matches: Mapping[tuple[str, str], np.ndarray]) -> di
         m = np.asarray(m, dtype=np.int64).reshape(-1, 2)
         np.add.at(degree[a], m[:, 0], 1)
         np.add.at(degree[b], m[:, 1], 1)
-    best = np.full(tracks.count, -1, dtype=np.int64)
-    owner: list[tuple[int, int]] = [(-1, -1)] * tracks.count
-    for k, n in enumerate(names):
-        sel = np.flatnonzero(tracks.ids[n] >= 0)
-        for i, t in zip(sel.tolist(), tracks.ids[n][sel].tolist(), strict=True):
-            if degree[n][i] > best[t]:
-                best[t], owner[t] = degree[n][i], (k, i)
+    # every track keypoint as (track, -degree, image, index); the first row of each track wins
+    rows = [(tracks.ids[n][sel], -degree[n][sel], np.full(len(sel), k), sel)
+            for k, n in enumerate(names) for sel in [np.flatnonzero(tracks.ids[n] >= 0)]]
     out = {n: np.zeros(len(tracks.ids[n]), dtype=bool) for n in names}
-    for k, i in owner:
-        if k >= 0:
-            out[names[k]][i] = True
+    if not rows:
+        return out
+    tid, neg_deg, img, idx = (np.concatenate(c) for c in zip(*rows, strict=True))
+    order = np.lexsort((idx, img, neg_deg, tid))
+    first = order[np.r_[True, tid[order][1:] != tid[order][:-1]]]
+    for k, n in enumerate(names):
+        out[n][idx[first][img[first] == k]] = True
     return out
 
 
@@ -123,14 +123,17 @@ class PairMoves:
 def track_moves(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.ndarray],
                 matches: Mapping[tuple[str, str], np.ndarray],
                 config: RefineConfig | None = None, feats: PatchFeatures | None = None,
-                skip: Collection[tuple[str, str]] = (), cache: int = 4) -> Iterator[PairMoves]:
+                skip: Collection[tuple[str, str]] = (), cache: int = 4,
+                tracks: Tracks | None = None) -> Iterator[PairMoves]:
     """The work of :func:`refine_tracks`, pair by pair (sorted), for jobs that journal
     and resume: a pair's moves depend only on the inputs (the anchors are fixed by the
     match graph, every keypoint moves in at most one pair), so pairs in ``skip`` (done
-    earlier) are left out without changing the others."""
+    earlier) are left out without changing the others. ``tracks``: :func:`build_tracks`
+    of these inputs, if the caller has it."""
     config = config or RefineConfig()
     kps = {n: np.asarray(k, dtype=np.float32).reshape(-1, 2) for n, k in keypoints.items()}
-    tracks = build_tracks({n: len(k) for n, k in kps.items()}, matches, config.max_track)
+    if tracks is None:
+        tracks = build_tracks({n: len(k) for n, k in kps.items()}, matches, config.max_track)
     if tracks.count == 0:
         return
     device = pick_device(config.device) if feats is None else feats.device
