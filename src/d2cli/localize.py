@@ -208,7 +208,7 @@ def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile
     if not present:
         raise QueryFailed(f"none of its {len(usable)} pairs with usable reference images is in "
                           f"matches file {mf.path}")
-    q_idx, keys, xyzs, p2ds = [], [], [], []
+    q_idx, keys, xyzs, used = [], [], [], []
     n_matches = n_refs = 0
     for k, r in enumerate(present):
         m, _ = mf.get(q, r)
@@ -224,14 +224,7 @@ def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile
         n_refs += 1
         q_idx.append(m[ok, 0])
         xyzs.append(xyz[m[ok, 1]])
-        if refiner is None:
-            p2ds.append(kq[m[ok, 0]])
-        else:
-            try:
-                p2ds.append(refiner.refine(q, r, kq[m[:, 0]], ff.keypoints(r)[m[:, 1], :2],
-                                           np.flatnonzero(ok)))
-            except D2Error as e:  # an unreadable image costs this query only
-                raise QueryFailed(f"refinement: {e}") from None
+        used.append((r, m, np.flatnonzero(ok)))
         # a key per 3D point: the same point seen in two references counts once
         keys.append(ids[m[ok, 1]] if ids is not None else (k << 32) + m[ok, 1])
     if not q_idx:
@@ -240,7 +233,19 @@ def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile
     qi, key, xyz = np.concatenate(q_idx), np.concatenate(keys), np.concatenate(xyzs)
     _, first = np.unique(np.stack([qi, key], 1), axis=0, return_index=True)
     first.sort()
-    return np.concatenate(p2ds)[first], xyz[first], n_matches, n_refs
+    p2d = kq[qi[first]]
+    if refiner is not None:  # each kept correspondence against the reference it came from
+        start = np.cumsum([0] + [len(rows) for _, _, rows in used])
+        for j, (r, m, rows) in enumerate(used):
+            sel = (first >= start[j]) & (first < start[j + 1])
+            if not sel.any():
+                continue
+            try:
+                p2d[sel] = refiner.refine(q, r, kq[m[:, 0]], ff.keypoints(r)[m[:, 1], :2],
+                                          rows[first[sel] - start[j]])
+            except D2Error as e:  # an unreadable image costs this query only
+                raise QueryFailed(f"refinement: {e}") from None
+    return p2d, xyz[first], n_matches, n_refs
 
 
 def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,

@@ -222,9 +222,7 @@ def _refine_step(result: SfmResult, database: Path, feats: Path, work: Path,
     stamp.unlink(missing_ok=True)
     r = refine_database(database, feats, out_feats, out_db, image_dir=image_root,
                         config=config, progress=progress)
-    result.steps["refine"] = r.summary()
-    if r.interrupted:
-        result.interrupted = True
+    if not result.record("refine", r, did_work=True):
         return None
     write_json_atomic(stamp, {"made_from": made_from, "summary": r.summary()})
     return out_db
