@@ -5,7 +5,10 @@ Prints one markdown table for 1600x1200 real photos (a sample image resized): fo
 single-scale (SS) and multiscale (MS), each precision and batch size: images/s end to end
 (network input -> keypoints, scores, descriptors on the host), peak GPU memory, and the
 trunk alone (img/s and TFLOP/s at 1.109 MFLOP per input pixel, the VGG16 conv1_1..conv4_3
-cost). Then matching: pairs/s at 8k keypoints and the fraction of the GPU's own matmul rate.
+cost). ``auto`` is the default precision (bf16 on GPUs from Ampere on); its row names what it
+chose. Then matching on real D2 descriptors of the sample photos: pairs/s at 8k keypoints
+for fp32 and auto (bf16 products, fp32 decision), whether both give the same matches, and
+the fraction of the GPU's own fp32 matmul rate.
 
     python benchmarks/gpu.py [--device cuda] [--size 1600x1200] [--seconds 4]
 Runs on the CPU too (small --size) as a smoke test.
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from real_descriptors import descriptor_sets  # benchmarks/ is on sys.path
 
 from d2cli.extract import Extractor, ExtractSettings
 from d2cli.match import mnn
@@ -85,7 +89,7 @@ def main() -> None:
     ap.add_argument("--size", default="1600x1200")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--batches", default="1,4,16")
-    ap.add_argument("--precisions", default="fp32,tf32,bf16")
+    ap.add_argument("--precisions", default="fp32,tf32,bf16,auto")
     ap.add_argument("--match-keypoints", type=int, default=8000)
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -101,19 +105,23 @@ def main() -> None:
             ext = Extractor(None, ExtractSettings(scales=scales, precision=precision), str(dev))
             for b in map(int, args.batches.split(",")):
                 row = bench_extract(ext, rgb, b, dev, args.seconds)
-                print(f"| {mode} | {precision} | {b} | {row}", flush=True)
+                chosen = ext.settings.precision
+                label = precision if chosen == precision else f"{precision} ({chosen})"
+                print(f"| {mode} | {label} | {b} | {row}", flush=True)
     # matching
     k = args.match_keypoints
-    g = torch.Generator(device="cpu").manual_seed(0)
-    d0 = F.normalize(torch.randn(k, 512, generator=g), dim=1).to(dev)
-    d1 = F.normalize(torch.randn(k, 512, generator=g), dim=1).to(dev)
-    t_mnn = timed(lambda: mnn(d0, d1), dev, args.seconds)
+    d0, d1 = (d.to(dev) for d in descriptor_sets(2, k))
     t_mm = timed(lambda: d0 @ d1.t(), dev, args.seconds)
     flop = 2 * k * k * 512
-    print(f"\n| matching {k}x{k} | pairs/s | GFLOP/s | torch.mm GFLOP/s | fraction |")
-    print("| --- | --- | --- | --- | --- |")
-    print(f"| mnn fp32 | {1 / t_mnn:.1f} | {flop / t_mnn / 1e9:.0f} | {flop / t_mm / 1e9:.0f} | "
-          f"{t_mm / t_mnn:.0%} |")
+    ref = mnn(d0, d1, precision="fp32")[0]
+    print(f"\n| matching {k}x{k} (real descriptors) | pairs/s | GFLOP/s | torch.mm fp32 GFLOP/s "
+          "| fraction | same matches as fp32 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for precision in ("fp32", "auto"):
+        t_mnn = timed(lambda p=precision: mnn(d0, d1, precision=p), dev, args.seconds)
+        same = torch.equal(mnn(d0, d1, precision=precision)[0], ref)
+        print(f"| mnn {precision} | {1 / t_mnn:.1f} | {flop / t_mnn / 1e9:.0f} | "
+              f"{flop / t_mm / 1e9:.0f} | {t_mm / t_mnn:.0%} | {'yes' if same else 'NO'} |")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--max-edge", type=int, default=1600)
     args = ap.parse_args()
-    ref = Extractor(None, ExtractSettings(max_edge=args.max_edge, descriptor_dtype="float32"),
-                    args.device)
+    ref = Extractor(None, ExtractSettings(max_edge=args.max_edge, descriptor_dtype="float32",
+                                          precision="fp32"), args.device)
     low = Extractor(None, ExtractSettings(max_edge=args.max_edge, descriptor_dtype="float32",
                                           precision=args.precision), args.device)
     print(f"| image | fp32 keypoints | {args.precision} keypoints | re-found ≤ 0.5 px | ≤ 1 px | "

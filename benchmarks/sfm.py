@@ -114,7 +114,7 @@ def evaluate(rec: pycolmap.Reconstruction,
 
 
 def run_d2(images: Path, work: Path, max_edge: int, mapper: str, threads: int,
-           refine: bool = False) -> tuple[pycolmap.Reconstruction, float]:
+           refine: bool = False, precision: str = "auto") -> tuple[pycolmap.Reconstruction, float]:
     """d2 sfm; a second mapper on the same work folder reuses features, matches, database.
     ``refine``: in a copy of that folder (its features, matches and database reused), so
     the unrefined model stays beside it."""
@@ -124,7 +124,8 @@ def run_d2(images: Path, work: Path, max_edge: int, mapper: str, threads: int,
         if not (work / "database.db").is_file() and (plain / "database.db").is_file():
             shutil.copytree(plain, work, ignore=shutil.ignore_patterns("sparse*", "sfm.json"),
                             dirs_exist_ok=True)
-    result = sfm(images, work, extract_settings=ExtractSettings(max_edge=max_edge),
+    result = sfm(images, work, extract_settings=ExtractSettings(max_edge=max_edge,
+                                                                precision=precision),
                  mapper=mapper, num_threads=threads, device="cpu",
                  refine=RefineConfig() if refine else None)
     steps = {k: v.get("seconds") for k, v in result.steps.items()}
@@ -194,6 +195,8 @@ def main() -> None:
                     help="d2 sfm mappers to run (SIFT: incremental, COLMAP's default).")
     ap.add_argument("--refine", action="store_true",
                     help="Also d2 sfm --refine (track refinement before mapping).")
+    ap.add_argument("--precisions", default="auto",
+                    help="d2 extraction precisions to run, e.g. fp32,auto (one work folder each).")
     args = ap.parse_args()
     pycolmap.logging.minloglevel = 3
     scenes = {
@@ -206,12 +209,20 @@ def main() -> None:
         images, gt_dir, single, total = scenes[scene]
         gt = read_strecha_cameras(gt_dir) if gt_dir else None
         work = args.out / scene
-        runs = [(f"d2 sfm ({m})", run_d2, (images, work / "d2", args.max_edge, m, args.threads))
-                for m in args.mappers.split(",")]
-        if args.refine:
-            runs += [(f"d2 sfm --refine ({m})", run_d2,
-                      (images, work / "d2", args.max_edge, m, args.threads, True))
+        precisions = args.precisions.split(",")
+        runs = []
+        for p in precisions:
+            # one folder per precision: features of two precisions never share a file
+            d2, tag = (work / "d2", "") if p == "auto" else (work / f"d2-{p}", f", {p}")
+            if len(precisions) > 1 and p == "auto":
+                tag = ", auto"
+            runs += [(f"d2 sfm ({m}{tag})", run_d2,
+                      (images, d2, args.max_edge, m, args.threads, False, p))
                      for m in args.mappers.split(",")]
+            if args.refine:
+                runs += [(f"d2 sfm --refine ({m}{tag})", run_d2,
+                          (images, d2, args.max_edge, m, args.threads, True, p))
+                         for m in args.mappers.split(",")]
         runs.append(("COLMAP SIFT", run_sift,
                      (images, work / "sift", args.max_edge, single, args.threads)))
         for method, fn, fn_args in runs:

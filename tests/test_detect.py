@@ -113,3 +113,31 @@ def test_batch_equals_one_by_one():
         assert len(a.scores) == len(b.scores) > 0
         assert torch.allclose(a.ij, b.ij, atol=1e-4)
         assert torch.allclose(a.descriptors, b.descriptors, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bf16_channels_last_map_equals_its_fp32_values(seed):
+    """A bf16 NHWC map (the bf16 trunk's output) detects and samples as its values upcast to
+    an fp32 NCHW map: comparisons in bf16 are exact, arithmetic is fp32 on both."""
+    imgs = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(seed)) * 50
+    conv = torch.nn.Conv2d(3, 24, 5, stride=4)
+    torch.nn.init.normal_(conv.weight, generator=torch.Generator().manual_seed(seed))
+
+    def bf16_nhwc(x):
+        return torch.relu(conv(x)).bfloat16().contiguous(memory_format=torch.channels_last)
+
+    def fp32_nchw(x):
+        return bf16_nhwc(x).float().contiguous()
+
+    D = bf16_nhwc(imgs[:1])[0]
+    assert D.stride(0) == 1  # the layout under test
+    a, b = detect(D), detect(D.float().contiguous())
+    assert len(a.cells) > 20 and torch.equal(a.cells, b.cells) and torch.equal(a.step, b.step)
+    with torch.no_grad():
+        for x, y in zip(extract_multiscale(imgs, bf16_nhwc, (0.5, 1, 2)),
+                        extract_multiscale(imgs, fp32_nchw, (0.5, 1, 2)), strict=True):
+            assert len(x.scores) > 0
+            for f in ("ij", "scales", "scores"):
+                assert torch.equal(getattr(x, f), getattr(y, f)), f
+            # the L2 norm sums the channels in the layout's order: ulp-level differences
+            assert torch.allclose(x.descriptors, y.descriptors, rtol=0, atol=1e-6)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from d2cli.errors import BadFile, EmptyInput, InputNotFound
@@ -33,7 +34,12 @@ from d2cli.eval.pose import (
 )
 from d2cli.extract import ExtractSettings
 from d2cli.io.features import FeatureFile
+from d2cli.precision import resolve_precision
 from d2cli.weights import DEFAULT_MODEL
+
+# the CLI decides auto precision before labelling: bf16 on CPUs with AVX512-BF16 or AMX
+D2_LABEL = DEFAULT_MODEL + {"fp32": ""}.get(resolve_precision("auto", torch.device("cpu")),
+                                            " bf16")
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "d2cli" / "data" / "sacre_coeur"
 W, H = 320, 240
@@ -241,7 +247,7 @@ def test_hpatches_mma_matches_the_protocol(hp_run, hp_root):
     out, s = hp_run
     assert s["sequences"] == {"total": 2, "i": 1, "v": 1, "other": 0}
     assert s["pairs"] == {"overall": 10, "i": 5, "v": 5}
-    assert [m["label"] for m in s["methods"]] == [DEFAULT_MODEL, "COLMAP SIFT"]
+    assert [m["label"] for m in s["methods"]] == [D2_LABEL, "COLMAP SIFT"]
     for m in s["methods"]:
         ref = oracle_hpatches(Path(m["features_file"]), hp_root)
         overall = np.concatenate([ref["acc"]["i"], ref["acc"]["v"]]).sum(0) / 10
@@ -386,7 +392,7 @@ def test_pose_eval_strecha_and_pairs_file(strecha_root, tmp_path, d2):
               "--plot", tmp_path / "pose.png", "--device", "cpu", "--json", check=True)
     s = json.loads(proc.stdout)
     assert s["evaluated_pairs"] == 6 and [m["label"] for m in s["methods"]] == [
-        DEFAULT_MODEL, "COLMAP SIFT"]
+        D2_LABEL, "COLMAP SIFT"]
     for m in s["methods"]:
         assert len(m["pairs"]) == 6
         assert all(p["inliers"] <= p["matches"] for p in m["pairs"])
@@ -448,7 +454,8 @@ def test_pose_input_problems(strecha_root, tmp_path, d2):
 
 def test_method_labels_name_scales_and_precision():
     from d2cli.extract import ExtractSettings
-    assert d2_method(None, ExtractSettings()).label == DEFAULT_MODEL
+    assert d2_method(None, ExtractSettings(precision="fp32")).label == DEFAULT_MODEL
+    assert d2_method(None, ExtractSettings()).label == f"{DEFAULT_MODEL} auto"
     assert d2_method(None, ExtractSettings(scales=(0.5, 1, 2), precision="bf16")).label == \
         f"{DEFAULT_MODEL} MS bf16"
 

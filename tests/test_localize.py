@@ -101,8 +101,11 @@ def scene(tmp_path_factory, samples_dir) -> dict:
     localisation map of the 8 others, all made by the real jobs."""
     w = tmp_path_factory.mktemp("localize")
     feats, matches = w / "feats.h5", w / "matches.h5"
+    # fp32 pinned: the observed ranges above are fp32 runs of this weak-model scene; with
+    # bf16 features the weakest query moved 1.5 -> 4.6 degrees (one seed, within MAX_ROT_DEG),
+    # which is the scene's seed-to-seed spread, not a test of localisation
     ex = extract(sorted(samples_dir.glob("*.jpg")), feats,
-                 settings=ExtractSettings(max_edge=MAX_EDGE), device="cpu")
+                 settings=ExtractSettings(max_edge=MAX_EDGE, precision="fp32"), device="cpu")
     assert not ex.failed
     with FeatureFile(feats) as ff:
         names = sorted(ff.names)

@@ -402,3 +402,118 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path, d2):
     for k in expected:
         np.testing.assert_array_equal(got[k], expected[k])
     assert not Path(str(out) + ".parts").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+# --------------------------------------------------------------------------- bf16 screen
+def relu_unit(n: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    """D2-like descriptors: non-negative (post-ReLU), sparse-ish, L2-normalised rows."""
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=gen).clamp(min=0) ** 2, dim=1)
+
+
+def naive_bf16_mnn(d0: torch.Tensor, d1: torch.Tensor) -> np.ndarray:
+    return full_mnn(d0.bfloat16(), d1.bfloat16())
+
+
+@pytest.mark.parametrize("tile", [None, (16, 40), (5, 7)])
+def test_bf16_screen_golden_parity(tile, golden_dir):
+    da = torch.from_numpy(np.load(golden_dir / "ss_caffe_a.npz")["descriptors"])
+    db = torch.from_numpy(np.load(golden_dir / "ss_caffe_b.npz")["descriptors"])
+    golden = np.load(golden_dir / "mnn_matches_a_b.npz")["matches"]
+    m, s = mnn(da, db, tile=tile, precision="bf16")
+    np.testing.assert_array_equal(m.numpy(), golden)
+    np.testing.assert_allclose(s.numpy(), (da[golden[:, 0]] * db[golden[:, 1]]).sum(1), atol=1e-6)
+    golden16 = np.load(golden_dir / "mnn_matches_a_b_fp16desc.npz")["matches"]
+    m16, _ = mnn(da.half().float(), db.half().float(), tile=tile, precision="bf16")
+    np.testing.assert_array_equal(m16.numpy(), golden16)
+
+
+@pytest.mark.parametrize("tile", [None, (64, 100), (8, 7), (3, 1000)])
+def test_bf16_screen_decides_near_ties_like_fp32(tile):
+    """Second-best similarities closer than bf16's rounding: plain bf16 gets them wrong.
+
+    (Gaps at fp32's own rounding level, ~1e-7, may go either way: fp32 sums in another
+    order decide them differently too; these gaps are 1e-6 and up.)
+    """
+    gen = torch.Generator().manual_seed(11)
+    d0 = relu_unit(700, 512, gen)
+    # each of the first 500 rows of d1 is one of 250 d0 rows, moved twice at random: two
+    # candidates per row whose similarities differ by less than bf16 resolves
+    base = d0[torch.randperm(700, generator=gen)[:250]]
+    near = [torch.nn.functional.normalize(base + 0.1 * relu_unit(250, 512, gen), dim=1)
+            for _ in range(2)]
+    d1 = torch.cat([near[0], near[1], relu_unit(160, 512, gen)])
+    ref = full_mnn(d0, d1)
+    assert len(ref) > 200
+    naive = naive_bf16_mnn(d0, d1)
+    assert len(set(map(tuple, naive)) ^ set(map(tuple, ref))) > 100  # the test can fail
+    m, s = mnn(d0, d1, tile=tile, precision="bf16")
+    np.testing.assert_array_equal(m.numpy(), ref)
+    np.testing.assert_allclose(s.numpy(), (d0 @ d1.T)[ref[:, 0], ref[:, 1]].numpy(), atol=1e-6)
+    for maxd in (0.3, 1.2):
+        np.testing.assert_array_equal(mnn(d0, d1, max_distance=maxd, tile=tile,
+                                          precision="bf16")[0].numpy(),
+                                      full_mnn(d0, d1, max_distance=maxd))
+
+
+def test_bf16_screen_exact_ties_go_to_the_first_index():
+    gen = torch.Generator().manual_seed(12)
+    d0, d1 = relu_unit(90, 64, gen), relu_unit(70, 64, gen)
+    d0[40:50] = d0[30:40]  # duplicate rows: equal similarities in fp32 and bf16
+    d1[::7] = d1[3]
+    d1[5] = 0  # an all-zero column: every row is a candidate of it
+    np.testing.assert_array_equal(mnn(d0, d1, precision="bf16", tile=(16, 20))[0].numpy(),
+                                  full_mnn(d0, d1))
+
+
+def test_bf16_screen_falls_back_to_exact():
+    from d2cli.mnn import _mnn_bf16_screen
+    gen = torch.Generator().manual_seed(13)
+    # identical descriptors: every entry is a candidate, the screen gives up
+    same = relu_unit(1, 32, gen).repeat(300, 1)
+    assert _mnn_bf16_screen(same, same, (64, 64)) is None
+    np.testing.assert_array_equal(mnn(same, same, precision="bf16")[0].numpy(),
+                                  full_mnn(same, same))
+    # negative entries (--no-relu, other features) and the ratio test run exact
+    d0, d1 = unit(200, 64, gen), unit(150, 64, gen)
+    np.testing.assert_array_equal(mnn(d0, d1, precision="bf16")[0].numpy(), full_mnn(d0, d1))
+    r0, r1 = relu_unit(200, 64, gen), relu_unit(150, 64, gen)
+    np.testing.assert_array_equal(mnn(r0, r1, ratio=0.95, precision="bf16")[0].numpy(),
+                                  full_mnn(r0, r1, 0.95))
+
+
+def test_screen_margin_bounds_the_bf16_error():
+    from d2cli.mnn import screen_margin
+    gen = torch.Generator().manual_seed(14)
+    d0, d1 = relu_unit(500, 512, gen), relu_unit(400, 512, gen)
+    err = ((d0.bfloat16() @ d1.bfloat16().T).double() - d0.double() @ d1.double().T).abs()
+    assert err.max() <= screen_margin(d0, d1) / 2
+
+
+def test_bf16_matching_job_writes_fp32_matches(tmp_path, golden_dir):
+    da = np.load(golden_dir / "ss_caffe_a.npz")["descriptors"]
+    db = np.load(golden_dir / "ss_caffe_b.npz")["descriptors"]
+    write_features(tmp_path / "f.h5", {"a.png": da, "b.png": db})
+    r = match([("a.png", "b.png")], tmp_path / "f.h5", tmp_path / "m.h5", device="cpu",
+              precision="bf16")
+    assert r.summary()["precision"] == "bf16" and r.num_matches == [113]
+    with MatchFile(tmp_path / "m.h5") as mf:
+        m, _ = mf.get("a.png", "b.png")
+        # the precision of the products is not a setting: fp32 runs may resume this file
+        assert "precision" not in mf.attrs["settings"]
+    np.testing.assert_array_equal(m, np.load(golden_dir / "mnn_matches_a_b_fp16desc.npz")["matches"])
+
+
+def test_auto_screens_only_large_pairs_on_fast_bf16_cpus():
+    from d2cli.mnn import SCREEN_MIN_SIMILARITIES, matcher_precision, uses_bf16_screen
+    from d2cli.precision import bf16_is_fast
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    big = int(SCREEN_MIN_SIMILARITIES ** 0.5) + 1
+    fast = bf16_is_fast(cpu) is not None
+    assert matcher_precision("auto", cpu) == ("bf16" if fast else "fp32")
+    assert uses_bf16_screen("auto", cpu, big, big) is fast
+    assert not uses_bf16_screen("auto", cpu, 100, 100)  # small pairs: the exact path is faster
+    # GPUs: the exact fp32 product beats the screen (measured on an H200)
+    assert matcher_precision("auto", cuda) == "fp32" and not uses_bf16_screen("auto", cuda, big, big)
+    # asked for explicitly, bf16 screens at any size; fp32 never does
+    assert uses_bf16_screen("bf16", cpu, 10, 10) and not uses_bf16_screen("fp32", cpu, big, big)

@@ -40,7 +40,8 @@ def _threads():
 @pytest.mark.parametrize("case", list(CASES))
 def test_golden_parity(golden_dir, case, image):
     golden = np.load(golden_dir / f"{case}_{image}.npz")
-    settings = ExtractSettings(descriptor_dtype="float32", **CASES[case])
+    # fp32 pinned: the default (auto) runs bf16 on CPUs and GPUs that have it
+    settings = ExtractSettings(descriptor_dtype="float32", precision="fp32", **CASES[case])
     extractor = Extractor("hed-vgg16", settings, device=DEVICE)
     rgb = load_rgb(golden_dir / f"{image}.png")
     feats = extractor(rgb)
@@ -67,6 +68,7 @@ def test_resized_network_input_matches_reference(golden_dir, image):
 
 def test_float16_descriptors_stay_within_their_rounding(golden_dir):
     golden = np.load(golden_dir / "ss_caffe_a.npz")
-    feats = Extractor("hed-vgg16", ExtractSettings(), device=DEVICE)(load_rgb(golden_dir / "a.png"))
+    feats = Extractor("hed-vgg16", ExtractSettings(precision="fp32"),
+                      device=DEVICE)(load_rgb(golden_dir / "a.png"))
     assert feats.descriptors.dtype == np.float16
     assert np.abs(feats.descriptors.astype(np.float32).T - golden["descriptors"]).max() <= 5e-4

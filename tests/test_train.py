@@ -356,11 +356,17 @@ def test_parse_layers():
         parse_layers("conv9")
 
 
-def test_training_steps_on_real_images_lower_the_loss(tmp_path):
-    tr = Trainer(_settings(), tmp_path)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_steps_on_real_images_lower_the_loss(tmp_path, precision):
+    tr = Trainer(_settings(precision=precision), tmp_path)
+    assert tr.precision == precision and tr.channels_last == (precision == "bf16")
     batch = tr.training_pairs(0) + tr.training_pairs(1)
     with torch.no_grad():
         before, _ = tr.batch_loss(batch)
+        if precision == "bf16":  # really bf16: the loss is close to fp32's, not equal
+            ref, _ = Trainer(_settings(), tmp_path).batch_loss(batch)
+            assert float(before) != float(ref)
+            assert float(before) == pytest.approx(float(ref), rel=0.05)
     for _ in range(6):
         loss, skipped = tr.batch_loss(batch)
         assert skipped == 0

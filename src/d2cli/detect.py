@@ -8,8 +8,10 @@ of that channel alone: the same arithmetic as the reference's depthwise 3x3
 filters (zero padding for derivatives, -inf padding for the max-pool), at a
 fraction of the time and memory.
 
-Shapes: ``D`` is one image's dense feature map (C, h, w); positions are
-(row i, column j) in feature-map cells.
+Shapes: ``D`` is one image's dense feature map (C, h, w), float32 or the bf16 of a
+reduced-precision trunk, in any memory layout (comparisons run in its dtype, all
+arithmetic in float32 on gathered values); positions are (row i, column j) in
+feature-map cells.
 """
 
 from __future__ import annotations
@@ -38,7 +40,30 @@ def _neighbourhood(D: torch.Tensor, c: torch.Tensor, i: torch.Tensor, j: torch.T
     jj = j[:, None, None] + off[None, None, :]  # (K, 1, 3)
     inside = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)  # (K, 3, 3)
     v = D[c[:, None, None], ii.clamp(0, h - 1), jj.clamp(0, w - 1)]
-    return v, inside
+    return v.float(), inside
+
+
+def _channels_last(D: torch.Tensor) -> bool:
+    """Whether each cell's C values are contiguous (the NHWC map of a bf16 trunk)."""
+    return D.shape[0] > 1 and D.stride(0) == 1
+
+
+def _cells_in_channel_order(mask: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) bool -> (K, 3) long (c, i, j) of its true cells, lexicographic."""
+    if not _channels_last(mask):
+        return mask.nonzero()
+    # nonzero walks the logical order, a strided walk on this layout: take (i, j, c) in
+    # memory order, then a stable sort by channel gives (c, i, j)
+    ijc = mask.permute(1, 2, 0).nonzero()
+    order = torch.sort(ijc[:, 2], stable=True).indices
+    return ijc[order][:, [2, 0, 1]]
+
+
+def _gather(D: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """(C, h, w), cells (K,), (K,) -> (C, K) float32 values of every channel there."""
+    if _channels_last(D):  # gather whole rows of C values, then view them as (C, K)
+        return D.permute(1, 2, 0)[i, j].float().t()
+    return D[:, i, j].float()
 
 
 def detect(D: torch.Tensor, edge_threshold: float = EDGE_THRESHOLD) -> Detections:
@@ -48,8 +73,9 @@ def detect(D: torch.Tensor, edge_threshold: float = EDGE_THRESHOLD) -> Detection
     the maximum of its 3x3 window in channel c, and not on an edge
     (tr(H)^2 / det(H) <= (r+1)^2 / r and det(H) > 0, H the 2x2 Hessian of D[c]).
     """
+    # comparisons in D's own dtype (exact); arithmetic in fp32 on the gathered values
     M = D.max(dim=0).values
-    cand = (D == M).nonzero()  # (K, 3), lexicographic (c, i, j) like the reference
+    cand = _cells_in_channel_order(D == M)  # (K, 3), lexicographic (c, i, j) like the reference
     c, i, j = cand.unbind(1)
     v, inside = _neighbourhood(D, c, i, j)
     centre = v[:, 1, 1]
@@ -88,10 +114,10 @@ def sample_descriptors(D: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor
     a = i - i0.float()
     b = j - j0.float()
     desc = (
-        (1 - a) * (1 - b) * D[:, i0, j0]
-        + (1 - a) * b * D[:, i0, j1]
-        + a * (1 - b) * D[:, i1, j0]
-        + a * b * D[:, i1, j1]
+        (1 - a) * (1 - b) * _gather(D, i0, j0)
+        + (1 - a) * b * _gather(D, i0, j1)
+        + a * (1 - b) * _gather(D, i1, j0)
+        + a * b * _gather(D, i1, j1)
     )
     return desc, ids
 

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,18 @@ from .io.h5store import H5Store
 from .io.provenance import differences
 from .jobs import ProgressFn, Stage, interruptible
 from .model import load_d2net
+from .precision import (
+    autocast,
+    bf16_is_fast,
+    check_precision,
+    configure_fp32,
+    resolve_precision,
+    uses_channels_last,
+)
 from .pyramid import MULTI_SCALE, SINGLE_SCALE, Keypoints, extract_multiscale
 from .shard import Shard
 from .weights import ModelInfo, resolve_model
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 DECODE_MODES = ("full", "reduced")
 # peak trunk memory per input pixel of the largest level: two 64-channel fp32 maps (conv1)
 BYTES_PER_INPUT_PIXEL = 2 * 64 * 4
@@ -60,7 +67,9 @@ class ExtractSettings:
     use_relu: bool = True
     max_keypoints: int | None = None
     descriptor_dtype: str = "float16"
-    precision: str = "fp32"  # of the trunk; detection and refinement always run in fp32
+    # of the trunk: auto = bf16 where the device runs it fast, else fp32 (see precision.py);
+    # detection and refinement always run in fp32. Files record the resolved precision.
+    precision: str = "auto"
     # "full": decode every pixel, then the reference resize (reference-exact); "reduced":
     # JPEGs decoded at 1/2-1/8 scale when the network input is that much smaller (bounded
     # memory for huge images; pixels differ from the reference's)
@@ -69,8 +78,7 @@ class ExtractSettings:
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
             raise UsageError(f"decode must be one of {', '.join(DECODE_MODES)}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if not self.scales or any(s <= 0 for s in self.scales):
             raise UsageError("scales must be a non-empty list of positive numbers")
         if self.preprocessing not in PREPROCESSING:
@@ -91,11 +99,17 @@ class ExtractSettings:
         d["scales"] = list(self.scales)
         return d
 
+    def resolved(self, device: torch.device) -> ExtractSettings:
+        """These settings with ``auto`` precision decided for ``device``."""
+        return replace(self, precision=resolve_precision(self.precision, device))
+
 
 @dataclass
 class ExtractResult:
     out: Path
     model: str
+    precision: str = "fp32"  # the trunk's, as resolved for the device
+    precision_note: str = ""  # why: "auto: CPU with AVX512-BF16", "requested", ...
     total: int = 0
     extracted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -107,7 +121,9 @@ class ExtractResult:
     def summary(self) -> dict[str, Any]:
         n = list(self.keypoints.values())
         return {
-            "out": str(self.out), "model": self.model, "images": self.total,
+            "out": str(self.out), "model": self.model, "precision": self.precision,
+            "precision_note": self.precision_note,
+            "images": self.total,
             "extracted": len(self.extracted), "skipped": len(self.skipped),
             "failed": self.failed, "keypoints_mean": float(np.mean(n)) if n else 0.0,
             "keypoints_min": int(min(n)) if n else 0, "keypoints_max": int(max(n)) if n else 0,
@@ -123,27 +139,32 @@ class Extractor:
     def __init__(self, model: str | os.PathLike | None = None,
                  settings: ExtractSettings | None = None, device: str = "auto",
                  memory_cap_gb: float | None = None) -> None:
-        self.settings = settings or ExtractSettings()
         self.info: ModelInfo = resolve_model(model)
         self.device = pick_device(device)
+        requested = (settings or ExtractSettings()).precision
+        self.settings = (settings or ExtractSettings()).resolved(self.device)
+        precision = self.settings.precision
+        #: why this precision, for summaries: "auto: CPU with AVX512-BF16", "requested", ...
+        self.precision_note = ("requested" if requested != "auto" else
+                               f"auto: {bf16_is_fast(self.device) or 'no fast bf16 on ' + self.device.type}")
         self.net = load_d2net(self.info.path, use_relu=self.settings.use_relu).to(self.device)
         self.memory_cap = memory_cap_gb * 2**30 if memory_cap_gb else None
-        if self.device.type == "cuda":
-            # fp32 means fp32: cuDNN would otherwise use TF32 and break parity
-            allow = self.settings.precision == "tf32"
-            torch.backends.cudnn.allow_tf32 = allow
-            torch.backends.cuda.matmul.allow_tf32 = allow
+        configure_fp32(self.device, precision)
+        self.channels_last = uses_channels_last(self.device, precision)
+        if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, h, w) -> (B, 512, h', w') float32 features at the chosen precision."""
-        if self.device.type == "cuda":
+        """(B, 3, h, w) -> (B, 512, h', w') features at the chosen precision.
+
+        The map keeps the trunk's dtype and memory layout (bf16 NHWC under ``bf16``):
+        detection compares values in that dtype and upcasts only what it gathers, which is
+        exact and spares a full conversion pass over the map.
+        """
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.settings.precision)
-        if half is None:
+        with autocast(self.device, self.settings.precision):
             return self.net(x)
-        with torch.autocast(self.device.type, dtype=half):
-            return self.net(x).float()
 
     def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(H, W, 3) uint8 -> network input (3, h, w) float32 and the back-scaling factors."""
@@ -186,14 +207,18 @@ class Extractor:
         ij[:, 1] *= fact_j
         scores = kp.scores.cpu().numpy().astype(np.float32)
         scales = kp.scales.cpu().numpy().astype(np.float32)
-        desc = kp.descriptors.cpu().numpy()
+        desc = kp.descriptors
         k = self.settings.max_keypoints
         if k is not None and len(scores) > k:
             keep = np.sort(np.argsort(-scores, kind="stable")[:k])
-            ij, scores, scales, desc = ij[keep], scores[keep], scales[keep], desc[keep]
+            ij, scores, scales = ij[keep], scores[keep], scales[keep]
+            desc = desc[torch.from_numpy(keep).to(desc.device)]
+        # the file's dtype and (C, N) layout on the device: half the bytes to copy back
+        # (the same round-to-nearest-even as numpy's cast)
+        dtype = getattr(torch, self.settings.descriptor_dtype)
         return Features(
             keypoints=np.ascontiguousarray(ij[:, ::-1]),
-            descriptors=np.ascontiguousarray(desc.T.astype(self.settings.descriptor_dtype)),
+            descriptors=desc.to(dtype).t().contiguous().cpu().numpy(),
             scores=scores, scales=scales, image_size=np.array(size_wh, dtype=np.int64),
         )
 
@@ -315,7 +340,9 @@ def extract(
         out = shard.part_path(out)
     if batch_size < 1:
         raise UsageError("batch size must be >= 1")
-    result = ExtractResult(out=out, model=extractor.info.name, total=len(items))
+    result = ExtractResult(out=out, model=extractor.info.name,
+                           precision=extractor.settings.precision,
+                           precision_note=extractor.precision_note, total=len(items))
     store = H5Store(out, attrs=attrs, commit_every=commit_every)
     with store:
         existing = store.existing_attrs()

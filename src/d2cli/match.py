@@ -1,9 +1,8 @@
 """The matching job (``d2 match``): mutual nearest neighbours of descriptors, pair by pair.
 
-Matching one pair is a matrix product plus two argmax reductions. :func:`mnn` computes it
-tile by tile, keeping only running row and column maxima, so memory is O(N0 + N1) plus
-one tile for any keypoint count, and the result is the one ``torch.max`` gives on the full
-similarity matrix (ties: first index). The job reads each image's descriptors once while
+Matching one pair is a matrix product plus two argmax reductions (:mod:`d2cli.mnn`: in
+tiles, exact, with the products in bf16 where the device runs bf16 fast and the decision
+in fp32). The job reads each image's descriptors once while
 later pairs need them (:class:`DescriptorCache`), reads ahead in a thread while the
 matrix products run, and writes through the crash-safe :class:`H5Store`, so a killed run
 resumes where it stopped.
@@ -12,7 +11,6 @@ resumes where it stopped.
 from __future__ import annotations
 
 import heapq
-import math
 import os
 import queue
 import threading
@@ -34,126 +32,12 @@ from .io.h5store import H5Store
 from .io.pairs import normalize_pairs, read_pairs
 from .io.provenance import differences
 from .jobs import ProgressFn, Stage, interruptible
+from .mnn import matcher_precision, mnn
 from .shard import Shard
 
 Pair = tuple[str, str]
 
-# (rows, columns) of one similarity tile. Each tile costs six parallel operations (the
-# product, the row max, four vectorised passes for the column max). On a CPU shared with
-# other processes each parallel operation also waits for a descheduled thread (~10 ms per
-# operation measured on the 2-core development machine at load 8), so fewer, larger tiles
-# win there: at 8k x 8k, 2048 x 8192 gave 80-89% of a plain torch.mm, 1024 x 4096 50-67%.
-# On a quiet machine the extra passes read the tile from memory instead of the cache,
-# a few percent of the product's time.
-DEFAULT_TILE = {"cpu": (2048, 8192), "cuda": (8192, 8192)}
 DEFAULT_CACHE_BYTES = 2 << 30
-
-
-# --------------------------------------------------------------------------- the matcher
-def _distance(sim: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance between unit vectors from their dot product: sqrt(2 - 2 sim)."""
-    return (2 - 2 * sim).clamp_(min=0).sqrt_()
-
-
-@torch.no_grad()
-def mnn(
-    desc0: torch.Tensor,
-    desc1: torch.Tensor,
-    *,
-    ratio: float | None = None,
-    max_distance: float | None = None,
-    tile: tuple[int, int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mutual nearest neighbours of two descriptor sets (the D2-Net / hloc ``mnn`` matcher).
-
-    ``desc0`` (N0, D) and ``desc1`` (N1, D): L2-normalised rows, same float dtype and device.
-    Row ``i`` and column ``j`` match when ``j = argmax_j sim[i, :]`` and
-    ``i = argmax_i sim[:, j]`` with ``sim = desc0 @ desc1.T`` and ties going to the first
-    index, exactly as ``torch.max`` on the full matrix; ``sim`` is never held whole.
-
-    ``ratio``: Lowe's test on distances sqrt(2 - 2 sim), in both directions (as hloc):
-    best <= ratio * second best. ``max_distance``: best distance <= it.
-    ``tile``: (rows, cols) of the similarity blocks; default by device.
-
-    Returns ``matches`` (M, 2) int64 [i0, i1] in increasing i0, and ``scores`` (M,) float32,
-    the similarity of each match.
-    """
-    n0, n1 = desc0.shape[0], desc1.shape[0]
-    dev, dtype = desc0.device, desc0.dtype
-    if desc0.ndim != 2 or desc1.ndim != 2 or desc0.shape[1] != desc1.shape[1]:
-        raise ValueError(f"descriptor shapes {tuple(desc0.shape)} and {tuple(desc1.shape)} "
-                         "do not match")
-    if n0 == 0 or n1 == 0:
-        return torch.empty(0, 2, dtype=torch.int64), torch.empty(0, dtype=torch.float32)
-    b0, b1 = tile or DEFAULT_TILE.get(dev.type, DEFAULT_TILE["cuda"])
-    b0, b1 = max(1, min(b0, n0)), max(1, min(b1, n1))
-    second = ratio is not None
-
-    # running best (and second best, for the ratio test) of every row and column
-    row_v = torch.full((n0,), -torch.inf, dtype=dtype, device=dev)
-    row_i = torch.zeros(n0, dtype=torch.int64, device=dev)
-    col_v = torch.full((n1,), -torch.inf, dtype=dtype, device=dev)
-    col_i = torch.zeros(n1, dtype=torch.int64, device=dev)
-    row_v2 = torch.full_like(row_v, -torch.inf) if second else row_v
-    col_v2 = torch.full_like(col_v, -torch.inf) if second else col_v
-    buf = torch.empty(b0 * b1, dtype=dtype, device=dev)  # reused: no allocation per tile
-    # strictly decreasing row weights b0..1, exact in this dtype (for the column argmax);
-    # the ratio test needs the tile intact, so it takes the plain max(0)
-    exact = 2 ** (round(-math.log2(torch.finfo(dtype).eps)) + 1)
-    weight = (None if second or b0 > exact else
-              torch.arange(b0, 0, -1, dtype=dtype, device=dev)[:, None])
-    d1t = desc1.T
-    for r0 in range(0, n0, b0):
-        a = desc0[r0:r0 + b0]
-        h = a.shape[0]
-        rv, ri, rv2 = row_v[r0:r0 + h], row_i[r0:r0 + h], row_v2[r0:r0 + h]
-        for c0 in range(0, n1, b1):
-            w = min(b1, n1 - c0)
-            s = buf[:h * w].view(h, w)
-            torch.mm(a, d1t[:, c0:c0 + w], out=s)
-            tv, ti = s.max(1)  # best column of each row within the tile (first on ties)
-            cv_, ci_, cv2_ = col_v[c0:c0 + w], col_i[c0:c0 + w], col_v2[c0:c0 + w]
-            if weight is not None:
-                # best row of each column: max(0) with indices runs a slow strided loop on
-                # the CPU (~10x the vectorised amax), so the tile is overwritten instead:
-                # (s == column max) * weight peaks at the first row reaching the max
-                cv = s.amax(0)
-                s.eq_(cv).mul_(weight[:h])
-                ci = (b0 - s.amax(0)).long()
-            else:
-                cv, ci = s.max(0)
-            if second:
-                # second best within the tile: hide each best once, take the max again
-                rows = torch.arange(h, device=dev)
-                s[rows, ti] = -torch.inf
-                tv2 = s.amax(1)
-                s[rows, ti] = tv
-                cols = torch.arange(w, device=dev)
-                s[ci, cols] = -torch.inf
-                cv2 = s.amax(0)
-                # merge top-2: the new second is the best of what the new best did not take
-                rv2.copy_(torch.where(tv > rv, torch.maximum(rv, tv2), torch.maximum(rv2, tv)))
-                cv2_.copy_(torch.where(cv > cv_, torch.maximum(cv_, cv2), torch.maximum(cv2_, cv)))
-            # Tiles arrive in increasing index order along both axes, so a later tile only
-            # wins when strictly greater: ties keep the first index, as torch.max does.
-            better = tv > rv
-            torch.where(better, ti + c0, ri, out=ri)
-            torch.maximum(rv, tv, out=rv)
-            better = cv > cv_
-            torch.where(better, ci + r0, ci_, out=ci_)
-            torch.maximum(cv_, cv, out=cv_)
-
-    keep = col_i[row_i] == torch.arange(n0, device=dev)
-    if max_distance is not None:
-        keep &= _distance(row_v.clone()) <= max_distance
-    if ratio is not None:
-        d1 = _distance(row_v.clone())
-        keep &= d1 <= ratio * _distance(row_v2.clone())
-        keep &= d1 <= ratio * _distance(col_v2[row_i])  # the column's own second best
-    idx0 = torch.nonzero(keep).squeeze(1)
-    matches = torch.stack([idx0, row_i[idx0]], 1)
-    return matches.cpu(), row_v[idx0].float().cpu()
-
 
 # --------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
@@ -288,6 +172,7 @@ def _read_ahead(cache: DescriptorCache, count: int, depth: int,
 class MatchResult:
     out: Path
     device: str = "cpu"
+    precision: str = "fp32"  # of the similarity products (the decision is fp32's)
     total: int = 0
     matched: list[Pair] = field(default_factory=list)
     skipped: list[Pair] = field(default_factory=list)
@@ -301,7 +186,8 @@ class MatchResult:
     def summary(self) -> dict[str, Any]:
         n = self.num_matches
         return {
-            "out": str(self.out), "device": self.device, "pairs": self.total,
+            "out": str(self.out), "device": self.device, "precision": self.precision,
+            "pairs": self.total,
             "matched": len(self.matched), "skipped": len(self.skipped), "failed": self.failed,
             "matches_mean": float(np.mean(n)) if n else 0.0,
             "matches_min": int(min(n)) if n else 0, "matches_max": int(max(n)) if n else 0,
@@ -333,6 +219,7 @@ def match(
     features_ref: str | os.PathLike | None = None,
     settings: MatchSettings | None = None,
     device: str = "auto",
+    precision: str = "auto",
     overwrite: bool = False,
     force: bool = False,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -351,10 +238,14 @@ def match(
     least every 10 s). ``progress`` gets one event per pair (stage ``match``); Ctrl-C
     stops after the pair in flight and keeps what is finished (``result.interrupted``). With
     ``shard``, only that shard's pairs are matched, into the shard's part file (pairs already
-    in ``out`` are skipped).
+    in ``out`` are skipped). ``precision``: of the similarity products; ``auto`` (bf16 where
+    faster) and ``bf16`` give the matches of ``fp32`` (:mod:`d2cli.mnn`), so it is not
+    recorded; ``result.precision`` says what ``auto`` meant here.
     """
     settings = settings or MatchSettings()
     dev = pick_device(device)
+    requested = precision
+    precision = matcher_precision(precision, dev)
     out = Path(out)
     from_file = isinstance(pairs, (str, os.PathLike))
     pair_list = read_pairs(pairs) if from_file else normalize_pairs(pairs)
@@ -372,7 +263,7 @@ def match(
     with FeatureFile(features) as ff0, (
             FeatureFile(features_ref) if features_ref is not None else nullcontext(ff0)) as ff1:
         attrs = _output_attrs(ff0, ff1 if features_ref is not None else None, settings, force)
-        result = MatchResult(out=out, device=str(dev), total=len(pair_list))
+        result = MatchResult(out=out, device=str(dev), precision=precision, total=len(pair_list))
         with H5Store(out, attrs=attrs, commit_every=commit_every, commit_seconds=10.0) as store:
             _check_output(store, attrs, out, overwrite, force)
             done = set() if overwrite else store.done() | merged_done
@@ -388,7 +279,7 @@ def match(
             result.images = len(set(accesses))
             t_match = time.perf_counter()
             try:
-                _match_pairs(todo, cache, store, settings, dev, tile, result, stage)
+                _match_pairs(todo, cache, store, settings, dev, tile, requested, result, stage)
             finally:
                 result.descriptor_reads = cache.reads
                 result.seconds = time.perf_counter() - t_match
@@ -443,7 +334,7 @@ def _plan(pair_list: list[Pair], done: set[str], ff0: FeatureFile, ff1: FeatureF
 
 def _match_pairs(todo: list[Pair], cache: DescriptorCache, store: H5Store,
                  settings: MatchSettings, dev: torch.device, tile: tuple[int, int] | None,
-                 result: MatchResult, stage: Stage) -> None:
+                 precision: str, result: MatchResult, stage: Stage) -> None:
     """Mutual nearest neighbours of each pair, descriptors read ahead in a thread; Ctrl-C
     stops after the pair in flight."""
     reader_done = threading.Event()
@@ -457,7 +348,8 @@ def _match_pairs(todo: list[Pair], cache: DescriptorCache, store: H5Store,
                     _fail(result, (a, b), error, stage)
                     continue
                 m, sc = mnn(d0.to(dev), d1.to(dev), ratio=settings.ratio,
-                            max_distance=settings.max_distance, tile=tile)
+                            max_distance=settings.max_distance, tile=tile,
+                            precision=precision)
                 store.add(pair_key(a, b), matches_to_arrays(m.numpy(), sc.numpy(),
                                                             d0.shape[0], d1.shape[0]))
                 result.matched.append((a, b))

@@ -117,6 +117,18 @@ class D2Net(nn.Module):
         return self.dense_feature_extraction(image)
 
 
+def trunk_flops(h: int, w: int) -> int:
+    """Floating-point operations (2 per multiply-add) of the test-time trunk on an h x w input.
+
+    conv1 at full size, conv2 at 1/2, conv3 and the dilated conv4 at 1/4 (floor-mode pools,
+    the 2x2/1 average pool removes one row and column): ~1.109 MFLOP per input pixel.
+    """
+    sizes = [(h, w)] * 2 + [(h // 2, w // 2)] * 2 + [(h // 4, w // 4)] * 3 \
+        + [output_size(h, w)] * 3
+    return sum(2 * cin * cout * 9 * hh * ww
+               for (cout, cin), (hh, ww) in zip(CONV_SHAPES, sizes, strict=True))
+
+
 def output_size(h: int, w: int) -> tuple[int, int]:
     """Feature-map size of the test-time network for an (h, w) input."""
     return h // 2 // 2 - 1, w // 2 // 2 - 1

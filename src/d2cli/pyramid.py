@@ -69,8 +69,9 @@ def extract_multiscale(
         _, channels, h, w = D_all.shape
         for b in range(B):
             D = D_all[b : b + 1]
-            if acc_prev[b] is not None:
-                D = D + F.interpolate(acc_prev[b], size=[h, w], mode="bilinear", align_corners=True)
+            if acc_prev[b] is not None:  # the sum in float32, whatever the trunk's dtype
+                D = D.float() + F.interpolate(acc_prev[b].float(), size=[h, w], mode="bilinear",
+                                              align_corners=True)
             kp, banned[b] = _detect_level(D[0], banned[b], idx, scale, h_init / h_level,
                                           w_init / w_level)
             if kp is None:
@@ -116,6 +117,6 @@ def _detect_level(
     return Keypoints(
         ij=kp.t(),
         scales=torch.ones(len(ids), device=D.device) * 1 / scale,
-        scores=D[cells[:, 0], cells[:, 1], cells[:, 2]] / (idx + 1),
+        scores=D[cells[:, 0], cells[:, 1], cells[:, 2]].float() / (idx + 1),
         descriptors=normalize_descriptors(raw).t(),
     ), banned

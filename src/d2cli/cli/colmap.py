@@ -23,6 +23,7 @@ from .common import (
     model_option,
     parse_floats,
     parse_pycolmap_options,
+    precision_option,
     print_json,
     progress,
     quiet_option,
@@ -194,6 +195,7 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @camera_options
 @mapping_options
 @device_option
+@precision_option
 @verbose_option
 @quiet_option
 @json_option
@@ -201,7 +203,7 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, max_keypoints,
             max_pixels, decode, pairs_from, overlap, descriptors, num_matched, pairs_file, ratio, refine,
             camera_mode, camera_model, camera_params, mapper, intrinsics, threads, seed, device,
-            verbose, quiet, as_json) -> int:
+            precision, verbose, quiet, as_json) -> int:
     """Images -> COLMAP model: extract, pairs, match, colmap-import, reconstruct.
 
     Every step's output stays in --out and every step resumes: re-running after an
@@ -215,7 +217,7 @@ def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, ma
     strategy = PairStrategy("file" if pairs_file else pairs_from, overlap=overlap,
                             descriptors=descriptors, num_matched=num_matched, file=pairs_file)
     settings = extract_settings(chosen_scales(None, multiscale), max_edge=max_edge,
-                                max_keypoints=max_keypoints, decode=decode)
+                                max_keypoints=max_keypoints, decode=decode, precision=precision)
     with progress(quiet or as_json) as show:
         result = sfm(images, out, model=model, extract_settings=settings,
                      match_settings=MatchSettings(ratio=ratio),

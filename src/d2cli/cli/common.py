@@ -265,6 +265,13 @@ query_ref_options = options(
     click.option("--ref-list", type=click.Path(), help="References: the names in this file."),
 )
 
+precision_option = click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "tf32", "bf16", "fp16"]), default="auto",
+    show_default=True,
+    help="Network precision. auto: bf16 where the device runs it fast (CPUs with AMX or "
+         "AVX512-BF16, GPUs from Ampere on), else fp32; fp32: exact to the reference. "
+         "Detection and refinement always run in fp32.")
+
 max_pixels_option = click.option(
     "--max-pixels", type=click.IntRange(min=0), default=2 * 89_478_485, show_default=True,
     help="Refuse larger images (aerial, panoramas: raise it; 0: no limit).")

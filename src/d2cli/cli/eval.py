@@ -46,8 +46,9 @@ eval_options = options(
         click.option("--no-relu", is_flag=True, help="No ReLU after conv4_3."),
         click.option("--max-keypoints", type=int, help="Keep the K highest scores per image."),
         click.option("--precision", "precisions", multiple=True,
-                     type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
-                     help="Trunk precision; repeat to compare (one curve each) [default: fp32]."),
+                     type=click.Choice(["auto", "fp32", "tf32", "bf16", "fp16"]),
+                     help="Trunk precision; repeat to compare (one curve each) [default: auto, "
+                          "as d2 extract]."),
         click.option("--refine", is_flag=True,
                      help="Also each D2 method with featuremetric two-view refinement of its "
                           "matched keypoints (same features and matches; one more curve)."),
@@ -63,12 +64,13 @@ eval_options = options(
 )
 
 
-def _eval_methods(quiet: bool, models, fetch, multiscale, both_scales, scales, max_edge,
+def _eval_methods(quiet: bool, device: str, models, fetch, multiscale, both_scales, scales, max_edge,
                   max_sum_edges, preprocessing, no_relu, max_keypoints, precisions, refine,
                   baseline, sift_max_features) -> list[Any]:
     """The methods the eval options name: each model x scales x precision, and SIFT."""
+    from ..device import pick_device
     from ..eval.methods import SiftSettings, d2_method, refined_method, sift_method
-    from ..extract import MULTI_SCALE, SINGLE_SCALE
+    from ..extract import MULTI_SCALE, SINGLE_SCALE, ExtractSettings
     from ..weights.fetch import ensure_model
 
     if both_scales and (multiscale or scales):
@@ -82,11 +84,12 @@ def _eval_methods(quiet: bool, models, fetch, multiscale, both_scales, scales, m
             with progress(quiet) as show:
                 ensure_model(model, fetch=True, progress=show)
         for sc in scale_sets:
-            for precision in precisions or ("fp32",):
-                # fp32 descriptors: the protocol matches in fp32, fp16 would flip near-ties
+            for precision in precisions or (ExtractSettings.precision,):
+                # fp32 descriptors: the protocol matches in fp32, fp16 would flip near-ties;
+                # auto is decided here, so labels and the cache name the precision used
                 settings = extract_settings(sc, max_edge, max_sum_edges, preprocessing,
                                             no_relu, max_keypoints, descriptor_dtype="float32",
-                                            precision=precision)
+                                            precision=precision).resolved(pick_device(device))
                 methods.append(d2_method(model, settings))
                 if refine:
                     methods.append(refined_method(methods[-1]))
@@ -124,7 +127,7 @@ def eval_hpatches_cmd(root, all_sequences, plot, work_dir, device, no_plot, quie
     from ..eval.plots import plot_mma
 
     quiet = quiet or as_json
-    methods = _eval_methods(quiet, **method_options)
+    methods = _eval_methods(quiet, device, **method_options)
     with progress(quiet) as show:
         res = evaluate_hpatches(root, methods, work_dir=work_dir, all_sequences=all_sequences,
                                 device=device, progress=show)
@@ -186,7 +189,7 @@ def eval_pose_cmd(root, pairs_file, max_gap, max_error, ransac_trials, plot, wor
     from ..eval.pose import evaluate_pose
 
     quiet = quiet or as_json
-    methods = _eval_methods(quiet, **method_options)
+    methods = _eval_methods(quiet, device, **method_options)
     with progress(quiet) as show:
         res = evaluate_pose(root, methods, pairs_file=pairs_file, max_gap=max_gap,
                             max_error=max_error, max_trials=ransac_trials,

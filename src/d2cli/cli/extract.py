@@ -17,6 +17,7 @@ from .common import (
     model_option,
     multiscale_options,
     network_options,
+    precision_option,
     print_json,
     progress,
     quiet_option,
@@ -39,8 +40,7 @@ from .common import (
 @device_option
 @click.option("--batch-size", default=1, show_default=True,
               help="Images of equal size per network call.")
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32",
-              show_default=True, help="Trunk precision (detection stays fp32).")
+@precision_option
 @click.option("--memory-cap", type=float, help="GB for one network call; larger batches split.")
 @click.option("--workers", default=2, show_default=True, help="Decoding threads.")
 @max_pixels_option
@@ -80,7 +80,8 @@ def extract_cmd(images, out, image_list, image_root, model, multiscale, scales, 
         if all_done("extract", s["skipped"], s["images"], "images already extracted", out):
             return finish(result)
         summary_table(f"d2 extract -> {out}", [
-            ("model", s["model"]), ("images", s["images"]), ("extracted", s["extracted"]),
+            ("model", s["model"]), ("precision", f"{s['precision']} ({s['precision_note']})"),
+            ("images", s["images"]), ("extracted", s["extracted"]),
             ("already done", s["skipped"]), ("failed", len(s["failed"])),
             ("keypoints / image", f"{s['keypoints_mean']:.0f} [{s['keypoints_min']}, "
                                   f"{s['keypoints_max']}]" if s["extracted"] else "-"),

@@ -29,6 +29,10 @@ from .common import (
 @click.option("--max-distance", type=float,
               help="Largest descriptor distance of a match (unit vectors: 0 to 2).")
 @device_option
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+              show_default=True,
+              help="Of the similarity products. auto: bf16 where the device runs it fast; "
+                   "the matches are fp32's either way (near-ties re-scored in fp32).")
 @click.option("--cache-mb", default=2048, show_default=True, type=click.IntRange(min=0),
               help="Memory for descriptors kept between pairs.")
 @click.option("--commit-every", default=32, show_default=True, type=click.IntRange(min=1),
@@ -41,7 +45,8 @@ from .common import (
 @quiet_option
 @json_option
 @command
-def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, device, cache_mb,
+def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, device, precision,
+              cache_mb,
               commit_every, shard, overwrite, force, quiet, as_json) -> int:
     """Mutual nearest neighbours of the descriptors of every pair, into an hloc matches file.
 
@@ -54,8 +59,8 @@ def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, devi
     with sharded(out, shard, device) as run, progress(quiet or as_json or run.rank > 0) as show:
         result = match(
             pairs_file, features, out, features_ref=features_ref, settings=settings,
-            device=run.device, overwrite=overwrite, force=force, cache_bytes=cache_mb << 20,
-            commit_every=commit_every, shard=run.shard, progress=show)
+            device=run.device, precision=precision, overwrite=overwrite, force=force,
+            cache_bytes=cache_mb << 20, commit_every=commit_every, shard=run.shard, progress=show)
     s = result.summary()
     if as_json:
         print_json(s)
@@ -68,7 +73,7 @@ def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, devi
             ("matches / pair", f"{s['matches_mean']:.0f} [{s['matches_min']}, "
                                f"{s['matches_max']}]" if s["matched"] else "-"),
             ("descriptor reads", f"{s['descriptor_reads']} ({s['images']} images)"),
-            ("device", s["device"]),
+            ("device", f"{s['device']} ({s['precision']} products)"),
             ("time", f"{s['seconds']:.1f} s ({s['pairs_per_second']:.2f} pairs/s)"),
         ])
     return finish(result, None if as_json else "pairs")

@@ -41,6 +41,10 @@ from .common import command, finish, json_option, print_json, progress, quiet_op
               help="Weight of a spread-out regulariser against descriptor collapse (paper: 0).")
 @click.option("--warp", default=1.0, show_default=True,
               help="Homography sources: scale the random homographies (angles, zoom, tilt).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="fp32",
+              show_default=True,
+              help="Of the network's forward and backward pass (bf16 autocast; the loss stays "
+                   "fp32). auto: bf16 where the CPU runs it fast.")
 @click.option("--max-steps", type=int, help="Stop after N steps in this run; re-run to go on.")
 @click.option("--overwrite", is_flag=True, help="Start again, discarding a run in --out.")
 @quiet_option
@@ -48,7 +52,7 @@ from .common import command, finish, json_option, print_json, progress, quiet_op
 @command
 def train_cmd(data, out, init, train_layers, lr, epochs, steps_per_epoch, batch_size, crop, margin,
               safe_radius, min_matches, val_pairs, val_fraction, seed, preprocessing, max_edge,
-              photometric, checkpoint_every, relu_descriptors, spread, warp, max_steps,
+              photometric, checkpoint_every, relu_descriptors, spread, warp, precision, max_steps,
               overwrite, quiet, as_json) -> int:
     """Fine-tune D2-Net on DATA folders as the paper (stride 8, soft detection, margin loss).
 
@@ -68,7 +72,7 @@ def train_cmd(data, out, init, train_layers, lr, epochs, steps_per_epoch, batch_
         margin=margin, safe_radius=safe_radius, min_matches=min_matches, val_pairs=val_pairs,
         val_fraction=val_fraction, seed=seed, preprocessing=preprocessing, max_edge=max_edge,
         photometric=photometric, checkpoint_every=checkpoint_every,
-        relu_descriptors=relu_descriptors, spread=spread, warp=warp)
+        relu_descriptors=relu_descriptors, spread=spread, warp=warp, precision=precision)
     with progress(quiet or as_json) as show:
         result = train(settings, out, overwrite=overwrite, max_steps=max_steps, progress=show)
     s = result.summary()

@@ -195,7 +195,8 @@ def run_method(
     """Features of ``items`` and matches of ``pairs`` for one method, from cache or computed."""
     if method.kind == "d2":
         info: ModelInfo = resolve_model(method.model)
-        settings = method.settings or ExtractSettings()
+        # auto decided first: the cache holds what ran, whoever asked for it
+        settings = (method.settings or ExtractSettings()).resolved(pick_device(device))
         sdict = settings.as_dict()
         key = _digest({"model_sha256": info.sha256, "settings": sdict})
         run = MethodRun(method, work / f"feats-d2-{_safe(info.name)}-{key}.h5",

@@ -37,6 +37,7 @@ from ..io.atomic import write_atomic
 from ..io.lock import exclusive_lock
 from ..jobs import ProgressFn, Stage, interruptible
 from ..model import CONV_INDICES, CONV_NAMES, PREFIX, D2Net, read_state_dict
+from ..precision import autocast, check_precision, resolve_precision, uses_channels_last
 from ..weights import DEFAULT_MODEL, resolve_model
 from .loss import MIN_MATCHES, pair_loss, pixels_to_cells
 from .soft_detection import soft_detection_scores
@@ -71,8 +72,12 @@ class TrainSettings:
     relu_descriptors: bool = False  # loss on relu(F) as matched at test time (reference: raw F)
     spread: float = 0.0  # weight of the spread-out regulariser (loss.spread_loss); 0: paper
     warp: float = 1.0  # homography sources: scale of the random homographies' ranges
+    # of the network's forward and backward pass (bf16 autocast; soft detection and the
+    # loss stay fp32). fp32 by default: the published d2cli-v1 was trained so
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if not self.data:
             raise UsageError("no training data given")
         for name, low in (("epochs", 1), ("steps_per_epoch", 1), ("batch_size", 1),
@@ -156,6 +161,11 @@ class Trainer:
         self.net = D2Net(stride=8, use_relu=False)  # the loss wants raw conv4_3 activations
         self.init_model = resolve_model(settings.init)
         self.net.load_state_dict(read_state_dict(self.init_model.path), strict=True)
+        self.device = torch.device("cpu")
+        self.precision = resolve_precision(settings.precision, self.device)
+        self.channels_last = uses_channels_last(self.device, self.precision)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.trainable = parse_layers(settings.train_layers)
         params = []
         for idx, name in zip(CONV_INDICES, CONV_NAMES, strict=True):
@@ -224,7 +234,12 @@ class Trainer:
             return None, skipped
         x = np.stack([preprocess(im, self.s.preprocessing)
                       for p, _ in usable for im in (p.image1, p.image2)])
-        feats = self.net(torch.from_numpy(x))  # (2B, 512, h, w), raw conv4_3
+        xt = torch.from_numpy(x)
+        if self.channels_last:
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            feats = self.net(xt)  # (2B, 512, h, w), raw conv4_3
+        feats = feats.to(dtype=torch.float32, memory_format=torch.contiguous_format)
         scores = soft_detection_scores(feats)  # (2B, h, w)
         desc = torch.relu(feats) if self.s.relu_descriptors else feats
         losses = []
@@ -311,7 +326,8 @@ class Trainer:
 
     def official_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
         sd = self.net.state_dict()
-        return {"model": {k: sd[k].detach().to(dtype).clone() for k in sd if k.startswith(PREFIX)}}
+        return {"model": {k: sd[k].detach().to(dtype).contiguous().clone() for k in sd
+                          if k.startswith(PREFIX)}}
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
