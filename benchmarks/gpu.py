@@ -7,8 +7,8 @@ single-scale (SS) and multiscale (MS), each precision and batch size: images/s e
 trunk alone (img/s and TFLOP/s at 1.109 MFLOP per input pixel, the VGG16 conv1_1..conv4_3
 cost). ``auto`` is the default precision (bf16 on GPUs from Ampere on); its row names what it
 chose. Then matching on real D2 descriptors of the sample photos: pairs/s at 8k keypoints
-for fp32 and auto (bf16 products, fp32 decision), whether both give the same matches, and
-the fraction of the GPU's own fp32 matmul rate.
+for fp32, auto (fp32 on GPUs) and the bf16 screen (bf16 products, fp32 decision), whether
+each gives the fp32 matches, and the fraction of the GPU's own fp32 matmul rate.
 
     python benchmarks/gpu.py [--device cuda] [--size 1600x1200] [--seconds 4]
 Runs on the CPU too (small --size) as a smoke test.
@@ -28,6 +28,7 @@ from real_descriptors import descriptor_sets  # benchmarks/ is on sys.path
 
 from d2cli.extract import Extractor, ExtractSettings
 from d2cli.match import mnn
+from d2cli.mnn import uses_bf16_screen
 from d2cli.pyramid import MULTI_SCALE, SINGLE_SCALE
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src/d2cli/data/sacre_coeur/93341989_396310999.jpg"
@@ -117,10 +118,12 @@ def main() -> None:
     print(f"\n| matching {k}x{k} (real descriptors) | pairs/s | GFLOP/s | torch.mm fp32 GFLOP/s "
           "| fraction | same matches as fp32 |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for precision in ("fp32", "auto"):
+    for precision in ("fp32", "auto", "bf16"):
         t_mnn = timed(lambda p=precision: mnn(d0, d1, precision=p), dev, args.seconds)
         same = torch.equal(mnn(d0, d1, precision=precision)[0], ref)
-        print(f"| mnn {precision} | {1 / t_mnn:.1f} | {flop / t_mnn / 1e9:.0f} | "
+        label = (f"auto ({'bf16 screen' if uses_bf16_screen('auto', dev, k, k) else 'fp32'})"
+                 if precision == "auto" else "bf16 screen" if precision == "bf16" else precision)
+        print(f"| mnn {label} | {1 / t_mnn:.1f} | {flop / t_mnn / 1e9:.0f} | "
               f"{flop / t_mm / 1e9:.0f} | {t_mm / t_mnn:.0%} | {'yes' if same else 'NO'} |")
 
 

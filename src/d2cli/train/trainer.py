@@ -24,6 +24,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -365,8 +367,25 @@ def train(settings: TrainSettings, out: str | os.PathLike, overwrite: bool = Fal
     except OSError as e:
         raise OutputError(f"{out}: cannot write here ({e.strerror})") from None
     with exclusive_lock(out / ".lock", busy=f"{out}: another d2 train is writing here",
-                        unwritable=f"{out}: cannot write here", remove=False):
+                        unwritable=f"{out}: cannot write here", remove=False), _deterministic():
         return _train_locked(settings, out, overwrite, max_steps, progress, t0)
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    """Deterministic kernels while training, for bit-identical resumes and reruns.
+
+    With several threads some CPU backward kernels accumulate in a scheduling-dependent
+    order: two identical 6-step runs on 2 threads gave different weights (identical on one
+    thread, or with this mode). The caller's setting is restored afterwards.
+    """
+    old, warn = torch.are_deterministic_algorithms_enabled(), \
+        torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old, warn_only=warn)
 
 
 def _train_locked(settings: TrainSettings, out: Path, overwrite: bool, max_steps: int | None,
