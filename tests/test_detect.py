@@ -141,3 +141,16 @@ def test_bf16_channels_last_map_equals_its_fp32_values(seed):
                 assert torch.equal(getattr(x, f), getattr(y, f)), f
             # the L2 norm sums the channels in the layout's order: ulp-level differences
             assert torch.allclose(x.descriptors, y.descriptors, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_channels_last_detection_keeps_every_tie(seed):
+    """The NHWC path finds channel maxima from argmax + tie counts: the same cells, in the
+    same order, as the dense mask, also on maps full of exact ties across channels."""
+    D = random_map(seed, quantise=True)
+    nhwc = D[None].contiguous(memory_format=torch.channels_last)[0]
+    assert nhwc.stride(0) == 1
+    M = D.max(dim=0).values
+    assert int((D == M).sum()) > D.shape[1] * D.shape[2]  # ties present
+    a, b = detect(nhwc), detect(D)
+    assert torch.equal(a.cells, b.cells) and torch.equal(a.step, b.step)

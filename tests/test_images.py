@@ -48,6 +48,17 @@ def test_preprocessing_modes():
         preprocess(img, "tf")
 
 
+@pytest.mark.parametrize("mode", ["caffe", "torch", "none"])
+def test_uint8_table_is_the_float64_arithmetic_bit_for_bit(mode):
+    # every value in every channel, in distinct channels, plus a random photo-like image;
+    # a float64 copy of the same image takes the arithmetic path
+    every = np.stack([np.arange(256), np.arange(256)[::-1], (np.arange(256) * 7) % 256], axis=1)
+    for img in (every.astype(np.uint8)[None], _rgb(31, 17, seed=3)):
+        fast, slow = preprocess(img, mode), preprocess(img.astype(np.float64), mode)
+        assert fast.dtype == slow.dtype == np.float32 and fast.flags.c_contiguous
+        assert np.array_equal(fast, slow)
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "LA", "1"])
 def test_every_pil_mode_becomes_rgb(tmp_path, mode):
     base = Image.fromarray(_rgb())

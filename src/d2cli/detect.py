@@ -48,15 +48,29 @@ def _channels_last(D: torch.Tensor) -> bool:
     return D.shape[0] > 1 and D.stride(0) == 1
 
 
-def _cells_in_channel_order(mask: torch.Tensor) -> torch.Tensor:
-    """(C, h, w) bool -> (K, 3) long (c, i, j) of its true cells, lexicographic."""
-    if not _channels_last(mask):
-        return mask.nonzero()
-    # nonzero walks the logical order, a strided walk on this layout: take (i, j, c) in
-    # memory order, then a stable sort by channel gives (c, i, j)
-    ijc = mask.permute(1, 2, 0).nonzero()
-    order = torch.sort(ijc[:, 2], stable=True).indices
-    return ijc[order][:, [2, 0, 1]]
+def _channel_maxima(D: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) -> (K, 3) long (c, i, j), lexicographic: every channel holding its cell's maximum.
+
+    Ties keep all their channels (the reference's ``D == max``).
+    """
+    M, first = D.max(dim=0)
+    if not _channels_last(D):
+        return (D == M).nonzero()
+    # NHWC: nonzero over the whole (C, h, w) mask walks it against its layout. Instead
+    # each cell's argmax from the reduction, plus, at the few cells with exact ties
+    # (common in bf16), all their maximal channels; then sort into (c, i, j) order.
+    C, h, w = D.shape
+    is_max = D == M
+    ii = torch.arange(h, device=D.device)[:, None].expand(h, w)
+    jj = torch.arange(w, device=D.device)[None, :].expand(h, w)
+    is_max[first, ii, jj] = False  # what remains marks a second maximal channel
+    tied = is_max.amax(dim=0).view(-1).nonzero().squeeze(1)  # (T,) cells with ties
+    rows = D.permute(1, 2, 0).reshape(h * w, C).index_select(0, tied)  # (T, C)
+    t, c_tied = (rows == M.view(-1).index_select(0, tied)[:, None]).nonzero().unbind(1)
+    cell = torch.cat([torch.arange(h * w, device=D.device), tied.index_select(0, t)])
+    c = torch.cat([first.view(-1), c_tied])
+    key = torch.unique(c * (h * w) + cell)  # sorted; a tie cell's argmax appears twice
+    return torch.stack([key // (h * w), key % (h * w) // w, key % w], dim=1)
 
 
 def _gather(D: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -74,8 +88,7 @@ def detect(D: torch.Tensor, edge_threshold: float = EDGE_THRESHOLD) -> Detection
     (tr(H)^2 / det(H) <= (r+1)^2 / r and det(H) > 0, H the 2x2 Hessian of D[c]).
     """
     # comparisons in D's own dtype (exact); arithmetic in fp32 on the gathered values
-    M = D.max(dim=0).values
-    cand = _cells_in_channel_order(D == M)  # (K, 3), lexicographic (c, i, j) like the reference
+    cand = _channel_maxima(D)  # (K, 3), lexicographic (c, i, j) like the reference
     c, i, j = cand.unbind(1)
     v, inside = _neighbourhood(D, c, i, j)
     centre = v[:, 1, 1]

@@ -227,8 +227,29 @@ def preprocess(image: np.ndarray, mode: str = "caffe") -> np.ndarray:
     """(H, W, 3) RGB 0..255 -> (3, H, W) float32 network input.
 
     caffe: BGR minus the ImageNet mean, 0..255 range. torch: RGB /255, mean/std.
-    Computed in float64 and cast once, as the reference does.
+    Computed in float64 and cast once, as the reference does. A uint8 image takes each
+    channel's value from a 256-entry table of that same arithmetic (identical numbers,
+    a few times faster: the float64 pass cost a third of the bf16 trunk's post-processing).
     """
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        table = _preprocess_table(mode)  # (3, 256): output channel c for each input value
+        source = (2, 1, 0) if mode == "caffe" else (0, 1, 2)  # caffe: BGR from RGB
+        return np.stack([table[c][image[..., s]] for c, s in enumerate(source)])
+    return _preprocess_arithmetic(image, mode)
+
+
+_TABLES: dict[str | None, np.ndarray] = {}
+
+
+def _preprocess_table(mode: str | None) -> np.ndarray:
+    """:func:`_preprocess_arithmetic` of every uint8 value, per output channel: (3, 256)."""
+    if mode not in _TABLES:
+        every = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # (1, 256, 3)
+        _TABLES[mode] = _preprocess_arithmetic(every, mode)[:, 0, :]
+    return _TABLES[mode]
+
+
+def _preprocess_arithmetic(image: np.ndarray, mode: str | None) -> np.ndarray:
     x = np.transpose(image.astype(np.float32), (2, 0, 1))
     if mode == "caffe":
         x = x[::-1] - CAFFE_MEAN_BGR.reshape(3, 1, 1)
