@@ -105,7 +105,7 @@ def evaluate(model: Path, poses_file: Path, gt: dict, mapped: list[str]) -> dict
 
 def run_d2(data: Path, work: Path, names: list[str], mapped: list[str], K: np.ndarray,
            max_edge: int, queries: Path, model: str = DEFAULT_MODEL,
-           refine: bool = False) -> dict:
+           refine: bool = False, precision: str = "auto") -> dict:
     """The d2 pipeline; ``refine``: in the same folder, reusing the features and matches
     of the plain run: track refinement of the map's database before mapping
     (map-refined.db, model-refined) and ``localize --refine``."""
@@ -123,7 +123,7 @@ def run_d2(data: Path, work: Path, names: list[str], mapped: list[str], K: np.nd
         return {"seconds": time.perf_counter() - t0, "result": loc,
                 "refine_seconds": r.seconds}
     ex = extract([data / "images" / n for n in names], feats, model=model,
-                 settings=ExtractSettings(max_edge=max_edge), device="cpu")
+                 settings=ExtractSettings(max_edge=max_edge, precision=precision), device="cpu")
     if ex.failed:
         raise SystemExit(f"extraction failed: {ex.failed}")
     write_pairs(work / "pairs-map.txt", pairs_exhaustive(mapped))
@@ -218,6 +218,8 @@ def main() -> None:
                     help="Also D2-Net with sfm track refinement and localize --refine.")
     ap.add_argument("--model", action="append",
                     help=f"D2-Net model(s) to compare, repeatable [default: {DEFAULT_MODEL}].")
+    ap.add_argument("--precisions", default="auto",
+                    help="Comma-separated trunk precisions of the D2 runs, e.g. fp32,auto.")
     args = ap.parse_args()
     names = sorted(p.name for p in (args.data / "images").glob("*.jpg"))
     if len(names) != 11 or not all(q in names for q in QUERIES):
@@ -233,11 +235,12 @@ def main() -> None:
     queries.write_text("".join(f"{q} PINHOLE {size[0]} {size[1]} {p[0]} {p[1]} {p[2]} {p[3]}\n"
                                for q in QUERIES))
     rows = []
-    runs = [(f"D2-Net ({m})", functools.partial(run_d2, model=m), work / f"d2-{m}", "model")
-            for m in args.model or [DEFAULT_MODEL]]
+    variants = [(m, p) for m in args.model or [DEFAULT_MODEL] for p in args.precisions.split(",")]
+    runs = [(f"D2-Net ({m}, {p})", functools.partial(run_d2, model=m, precision=p),
+             work / f"d2-{m}-{p}", "model") for m, p in variants]
     if args.refine:  # after its plain run, in the same folder
-        runs += [(f"D2-Net ({m}) + refine", functools.partial(run_d2, model=m, refine=True),
-                  work / f"d2-{m}", "model-refined") for m in args.model or [DEFAULT_MODEL]]
+        runs += [(f"D2-Net ({m}, {p}) + refine", functools.partial(run_d2, model=m, refine=True),
+                  work / f"d2-{m}-{p}", "model-refined") for m, p in variants]
     for label, fn, wdir, model_dir in [*runs, ("COLMAP SIFT", run_sift, work, "sift-model")]:
         run = fn(args.data, wdir, names, mapped, K, args.max_edge, queries)
         ev = evaluate(wdir / model_dir, run["result"].out, gt, mapped)

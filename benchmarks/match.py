@@ -49,7 +49,7 @@ DIM = 512
 # keypoints per image -> (timed repeats of each kernel, images in the job's features file,
 # timed runs of the job)
 CASES = {500: (30, 12, 3), 1000: (20, 10, 3), 2000: (15, 8, 3), 8000: (5, 5, 2),
-         20000: (3, 3, 1)}
+         20000: (3, 2, 1)}
 SECTION = "## Matching (d2 match)"
 
 
@@ -152,7 +152,7 @@ def machine() -> str:
     load = os.getloadavg()[0]
     auto = matcher_precision("auto", torch.device("cpu"))
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads (auto = {auto} here, from 1M similarities on); "
+            f"{torch.get_num_threads()} threads (auto = {auto} here, from 2M similarities on); "
             f"load average {load:.1f} "
             "at the start (a shared machine: other processes take part of the cores)")
 

@@ -43,11 +43,11 @@ def _distance(sim: torch.Tensor) -> torch.Tensor:
 
 
 # ``auto`` screens in bf16 only on CPUs with native bf16 and from this many similarities
-# on: below it the screen's extra passes cost more than the faster product saves (at 500 x
-# 500 it ran at 0.54x the exact path on the development CPU). On GPUs the exact fp32 path
-# is the faster one (H200, 8k x 8k real descriptors: the screen ran at 0.48x), see
-# docs/benchmarks.md.
-SCREEN_MIN_SIMILARITIES = 1_000_000
+# on: below it the screen's extra passes cost as much as the faster product saves (real
+# descriptors on the 2-core AMX development CPU: 0.9-1.05x at 1k x 1k, 1.4x at 1.5k and
+# 2k, 2.6x at 8k). On GPUs the exact fp32 path is the faster one (H200, 8k x 8k: the
+# screen ran at 0.47x). docs/benchmarks.md, "Matching" and "GPU".
+SCREEN_MIN_SIMILARITIES = 2_000_000
 
 
 def matcher_precision(precision: str, device: torch.device) -> str:

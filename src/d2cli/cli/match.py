@@ -31,7 +31,7 @@ from .common import (
 @device_option
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
               show_default=True,
-              help="Of the similarity products. auto: bf16 for pairs of 1M+ similarities on "
+              help="Of the similarity products. auto: bf16 for pairs of 2M+ similarities on "
                    "CPUs with native bf16, fp32 elsewhere (faster on GPUs); the matches are "
                    "fp32's either way (near-ties re-scored in fp32).")
 @click.option("--cache-mb", default=2048, show_default=True, type=click.IntRange(min=0),
