@@ -160,7 +160,7 @@ def machine() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help=f"update {DOC}")
-    ap.add_argument("--big", type=int, default=30000, help="keypoints of the big pair (0: skip)")
+    ap.add_argument("--big", type=int, default=28000, help="keypoints of the big pair (0: skip)")
     ap.add_argument("--big-only", type=int, help=argparse.SUPPRESS)  # the child process
     ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = ap.parse_args()

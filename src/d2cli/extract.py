@@ -68,7 +68,7 @@ class ExtractSettings:
     max_keypoints: int | None = None
     descriptor_dtype: str = "float16"
     # of the trunk: auto = bf16 where the device runs it fast, else fp32 (see precision.py);
-    # detection and refinement always run in fp32. Files record the resolved precision.
+    # detection and refinement do their arithmetic in fp32. Files record the resolved one.
     precision: str = "auto"
     # "full": decode every pixel, then the reference resize (reference-exact); "reduced":
     # JPEGs decoded at 1/2-1/8 scale when the network input is that much smaller (bounded

@@ -10,7 +10,9 @@ arithmetic, and in fp32 everywhere else:
 
 ``fp32`` is exact: bit-for-bit the reference code's arithmetic (TF32 is turned off on
 GPUs). ``tf32``, ``bf16`` and ``fp16`` force that precision on any device. Detection,
-sub-pixel refinement and descriptor sampling always run in fp32, on the trunk's output.
+sub-pixel refinement and descriptor sampling compare values in the trunk's dtype (exact)
+and do all arithmetic in fp32. The matcher's ``auto`` is decided in :mod:`d2cli.mnn`
+(bf16 products only on CPUs, where they are faster).
 The precision actually used (never ``auto``) is what a features file records.
 """
 
