@@ -144,7 +144,8 @@ def sfm(
                  progress=progress)
     if not result.record("extract", ex, bool(ex.extracted)):
         return done()
-    status.say(f"extract: {ex.total - len(ex.failed)} images, {len(ex.extracted)} extracted now")
+    status.say(f"extract: {ex.total - len(ex.failed)} images, {len(ex.extracted)} extracted now "
+               f"({ex.precision} trunk, {ex.precision_note})")
 
     # 2. pairs: every pair of the images that have features
     p = _pairs_step(result, feats, pairs_path, pairs or PairStrategy())

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, D2Error, UsageError, exit_status
+from ..precision import PRECISIONS
 from .render import Renderer
 
 err_console = Console(stderr=True)
@@ -266,11 +267,11 @@ query_ref_options = options(
 )
 
 precision_option = click.option(
-    "--precision", type=click.Choice(["auto", "fp32", "tf32", "bf16", "fp16"]), default="auto",
+    "--precision", type=click.Choice(PRECISIONS), default="auto",
     show_default=True,
     help="Network precision. auto: bf16 where the device runs it fast (CPUs with AMX or "
          "AVX512-BF16, GPUs from Ampere on), else fp32; fp32: exact to the reference. "
-         "Detection and refinement always run in fp32.")
+         "Detection and refinement do their arithmetic in fp32.")
 
 max_pixels_option = click.option(
     "--max-pixels", type=click.IntRange(min=0), default=2 * 89_478_485, show_default=True,

@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from ..errors import EXIT_PARTIAL
+from ..precision import PRECISIONS
 from . import main
 from .common import (
     chosen_scales,
@@ -46,7 +47,7 @@ eval_options = options(
         click.option("--no-relu", is_flag=True, help="No ReLU after conv4_3."),
         click.option("--max-keypoints", type=int, help="Keep the K highest scores per image."),
         click.option("--precision", "precisions", multiple=True,
-                     type=click.Choice(["auto", "fp32", "tf32", "bf16", "fp16"]),
+                     type=click.Choice(PRECISIONS),
                      help="Trunk precision; repeat to compare (one curve each) [default: auto, "
                           "as d2 extract]."),
         click.option("--refine", is_flag=True,
