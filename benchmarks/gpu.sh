@@ -21,6 +21,7 @@ export PYTHONUNBUFFERED=1
 status=0
 D2CLI_TEST_DEVICE=cuda timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_parity.py \
   | tee "$OUTDIR/gpu-parity.txt" || status=1
+timeout 60 $PY benchmarks/gpu_detect_check.py | tee "$OUTDIR/gpu-detect.txt" || status=1
 timeout 300 $PY benchmarks/gpu.py ${GPU_BENCH_ARGS:---seconds 2} | tee "$OUTDIR/gpu-benchmark.md" || status=1
 timeout 60 $PY benchmarks/precision.py --device cuda | tee "$OUTDIR/gpu-precision.md" || status=1
 exit $status
