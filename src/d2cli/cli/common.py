@@ -45,7 +45,10 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            code = fn(*args, **kwargs)
+            try:
+                code = fn(*args, **kwargs)
+            except click.ClickException as e:  # click's usage errors raised in a body
+                raise UsageError(e.format_message()) from None
         except D2Error as e:
             err_console.print(f"[bold red]d2: error:[/] {e}", highlight=False, soft_wrap=True)
             if kwargs.get("as_json"):  # scripts always get one JSON object
