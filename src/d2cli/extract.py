@@ -47,7 +47,7 @@ from .precision import (
     resolve_precision,
     uses_channels_last,
 )
-from .pyramid import MULTI_SCALE, SINGLE_SCALE, Keypoints, extract_multiscale
+from .pyramid import SINGLE_SCALE, Keypoints, extract_multiscale
 from .shard import Shard
 from .weights import ModelInfo, resolve_model
 
@@ -89,10 +89,6 @@ class ExtractSettings:
             raise UsageError("max-edge must be >= 8 and max-sum-edges >= 16")
         if self.max_keypoints is not None and self.max_keypoints < 1:
             raise UsageError("max-keypoints must be positive")
-
-    @staticmethod
-    def multiscale() -> tuple[float, ...]:
-        return MULTI_SCALE
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -174,7 +174,7 @@ def parse_pycolmap_options(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 def chosen_scales(scales: str | None, multiscale: bool) -> tuple[float, ...]:
-    from ..extract import MULTI_SCALE, SINGLE_SCALE
+    from ..pyramid import MULTI_SCALE, SINGLE_SCALE
 
     return parse_scales(scales) or (MULTI_SCALE if multiscale else SINGLE_SCALE)
 

@@ -71,7 +71,8 @@ def _eval_methods(quiet: bool, device: str, models, fetch, multiscale, both_scal
     """The methods the eval options name: each model x scales x precision, and SIFT."""
     from ..device import pick_device
     from ..eval.methods import SiftSettings, d2_method, refined_method, sift_method
-    from ..extract import MULTI_SCALE, SINGLE_SCALE, ExtractSettings
+    from ..extract import ExtractSettings
+    from ..pyramid import MULTI_SCALE, SINGLE_SCALE
     from ..weights.fetch import ensure_model
 
     if both_scales and (multiscale or scales):
