@@ -27,10 +27,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from docs_section import write_section  # benchmarks/ is on sys.path
+from timing import best_times
 
 SIZES = [(640, 480), (1024, 768)]
 MODES = {"SS": (1.0,), "MS": (0.5, 1.0, 2.0)}
@@ -43,20 +43,6 @@ def peak_rss_gb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024**2
     return float("nan")
-
-
-def best(fns: dict, repeats: int) -> dict[str, float]:
-    """One warm-up call each, then ``repeats`` alternating rounds; best seconds of each."""
-    out = {}
-    for k, f in fns.items():
-        f()
-        out[k] = float("inf")
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            out[k] = min(out[k], time.perf_counter() - t)
-    return out
 
 
 def sample(w: int, h: int):
@@ -88,7 +74,7 @@ def run_one(w: int, h: int, mode: str, repeats: int) -> dict:
         for lv in levels:
             ext._trunk(lv)
 
-    t = best({"forward_fp32": lambda: forward(fp32), "forward_auto": lambda: forward(auto),
+    t = best_times({"forward_fp32": lambda: forward(fp32), "forward_auto": lambda: forward(auto),
               "extract_fp32": lambda: fp32(rgb), "extract_auto": lambda: auto(rgb)}, repeats)
     return {"size": f"{w}x{h}", "mode": mode, "precision": auto.settings.precision,
             "precision_note": auto.precision_note, "keypoints_fp32": len(fp32(rgb)),
@@ -118,7 +104,7 @@ def run_reference(w: int, h: int, mode: str, repeats: int, ref_dir: str) -> dict
         x = torch.from_numpy(preprocess(rgb, "caffe")[None])
         return len(process_multiscale(x, model, scales=list(MODES[mode]))[1])
 
-    t = best({"reference": reference}, repeats)
+    t = best_times({"reference": reference}, repeats)
     return {"keypoints_reference": reference(), **t, "peak_rss_gb": peak_rss_gb()}
 
 
@@ -129,7 +115,7 @@ def bf16_peak() -> dict:
     n = 4096
     a, b = torch.randn(n, n), torch.randn(n, n)
     a16, b16 = a.bfloat16(), b.bfloat16()
-    t = best({"bf16": lambda: torch.mm(a16, b16), "fp32": lambda: torch.mm(a, b)}, 3)
+    t = best_times({"bf16": lambda: torch.mm(a16, b16), "fp32": lambda: torch.mm(a, b)}, 3)
     return {k: 2 * n**3 / v / 1e9 for k, v in t.items()}
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from docs_section import DOC, write_section  # benchmarks/ is on sys.path
 from real_descriptors import descriptor_sets
+from timing import best_times
 
 from d2cli.io.h5store import write_attrs
 from d2cli.match import match, mnn
@@ -51,20 +52,6 @@ DIM = 512
 CASES = {500: (30, 12, 3), 1000: (20, 10, 3), 2000: (15, 8, 3), 8000: (5, 5, 2),
          20000: (3, 2, 1)}
 SECTION = "## Matching (d2 match)"
-
-
-def best_times(fns: dict, repeats: int) -> dict[str, float]:
-    """Run each function once to warm up, then alternately ``repeats`` times; best seconds."""
-    out = {}
-    for k, f in fns.items():
-        f()
-        out[k] = float("inf")
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            out[k] = min(out[k], time.perf_counter() - t)
-    return out
 
 
 def job_pairs_per_second(n: int, images: int, runs: int) -> dict[str, float]:
