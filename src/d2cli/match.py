@@ -244,8 +244,6 @@ def match(
     """
     settings = settings or MatchSettings()
     dev = pick_device(device)
-    requested = precision
-    precision = matcher_precision(precision, dev)
     out = Path(out)
     from_file = isinstance(pairs, (str, os.PathLike))
     pair_list = read_pairs(pairs) if from_file else normalize_pairs(pairs)
@@ -263,7 +261,8 @@ def match(
     with FeatureFile(features) as ff0, (
             FeatureFile(features_ref) if features_ref is not None else nullcontext(ff0)) as ff1:
         attrs = _output_attrs(ff0, ff1 if features_ref is not None else None, settings, force)
-        result = MatchResult(out=out, device=str(dev), precision=precision, total=len(pair_list))
+        result = MatchResult(out=out, device=str(dev), precision=matcher_precision(precision, dev),
+                             total=len(pair_list))
         with H5Store(out, attrs=attrs, commit_every=commit_every, commit_seconds=10.0) as store:
             _check_output(store, attrs, out, overwrite, force)
             done = set() if overwrite else store.done() | merged_done
@@ -279,7 +278,7 @@ def match(
             result.images = len(set(accesses))
             t_match = time.perf_counter()
             try:
-                _match_pairs(todo, cache, store, settings, dev, tile, requested, result, stage)
+                _match_pairs(todo, cache, store, settings, dev, tile, precision, result, stage)
             finally:
                 result.descriptor_reads = cache.reads
                 result.seconds = time.perf_counter() - t_match

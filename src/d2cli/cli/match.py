@@ -47,8 +47,7 @@ from .common import (
 @json_option
 @command
 def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, device, precision,
-              cache_mb,
-              commit_every, shard, overwrite, force, quiet, as_json) -> int:
+              cache_mb, commit_every, shard, overwrite, force, quiet, as_json) -> int:
     """Mutual nearest neighbours of the descriptors of every pair, into an hloc matches file.
 
     Re-running skips pairs already in the file; a killed run resumes.
