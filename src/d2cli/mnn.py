@@ -311,7 +311,12 @@ def _mnn_bf16_screen(desc0: torch.Tensor, desc1: torch.Tensor, tile: tuple[int, 
     ones = torch.ones_like(i, dtype=torch.int32)
     row_n = torch.zeros(n0, dtype=torch.int32, device=dev).index_add_(0, i, ones * is_row)
     col_n = torch.zeros(n1, dtype=torch.int32, device=dev).index_add_(0, j, ones * is_col)
-    need = ((is_row & (row_n[i] > 1)) | (is_col & (col_n[j] > 1))).nonzero().squeeze(1)
+    both = is_row & is_col
+    row_open = torch.zeros(n0, dtype=torch.bool, device=dev).index_fill_(0, i[both], True)
+    col_open = torch.zeros(n1, dtype=torch.bool, device=dev).index_fill_(0, j[both], True)
+    row_open &= row_n > 1
+    col_open &= col_n > 1
+    need = ((is_row & row_open[i]) | (is_col & col_open[j])).nonzero().squeeze(1)
     value = torch.zeros(len(i), dtype=torch.float32, device=dev)
     value[need] = _dot(desc0, desc1, i[need], j[need])
     best_j = _first_argmax(i, j, value, is_row, n0)

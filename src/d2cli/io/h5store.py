@@ -9,18 +9,24 @@ out.h5.parts/   finished batches, each a small complete HDF5 file (tmp + rename)
 out.h5.lock     advisory lock (flock): one writer at a time, freed by the kernel on SIGKILL
 ```
 
-A batch is committed to a new part file; ``finalize`` folds the final file and the
-parts into ``out.h5.tmp`` and renames it over ``out.h5``, then removes the parts.
-After a kill at any moment, the final file is either the old or the new one, the
-parts hold every committed batch, and the next run sees both (``done()``).
-Entries are groups keyed by a name (``/`` makes nested groups, as in hloc);
-a later part overrides an earlier entry of the same name.
+A batch is committed to a new part file; ``finalize`` copies the final file byte for
+byte (at disk speed, no HDF5 object walk) to a temporary, adds the parts' entries to it
+and renames it over ``out.h5``, then removes the parts. After a kill at any moment, the
+final file is either the old or the new one, the parts hold every committed batch, and
+the next run sees both (``done()``). Entries are groups keyed by a name (``/`` makes
+nested groups, as in hloc); a later part overrides an earlier entry of the same name.
+
+Parts are merged in tiers, as a log-structured store does: every :data:`FANOUT` parts
+of one level become one part of the next, so each entry is copied once per level
+(log_FANOUT of the number of commits) instead of once per merge, and a run of any
+length keeps a few dozen part files.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -35,22 +41,33 @@ from ..errors import BadFile, OutputError
 from .atomic import write_atomic
 from .lock import exclusive_lock
 
-COMPACT_AFTER = 64  # merge part files once there are this many
+# entries buffered while a part is being written, in units of commit_every, before
+# the job waits for the disk
+MAX_BACKLOG = 8
+FANOUT = 16  # parts of one level merged into one part of the next level
 HDF5_OVERHEAD = 1 << 20  # headers and attributes of one file, at most, for the space check
 
 
 def list_entries(h5: h5py.Group) -> list[str]:
-    """Names of the leaf groups (groups holding at least one dataset), in file order."""
+    """Names of the leaf groups (groups holding at least one dataset), in file order.
+
+    Walks the object headers through the low-level API: no Python object per group or
+    dataset (the high-level walk took seconds for a matches file of 50k pairs).
+    """
     names: list[str] = []
+    last = None
 
-    def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Group) and any(
-            isinstance(v, h5py.Dataset) for v in obj.values()
-        ):
-            names.append(name)
+    def visit(name: bytes, info: Any) -> None:
+        nonlocal last
+        if info.type == h5py.h5o.TYPE_DATASET and b"/" in name:
+            parent = name.rsplit(b"/", 1)[0]
+            if parent != last:  # a group's datasets come one after another
+                last = parent
+                names.append(parent)
 
-    h5.visititems(visit)
-    return names
+    h5py.h5o.visit(h5.id, visit, info=True)
+    seen: set[bytes] = set()
+    return [n.decode() for n in names if not (n in seen or seen.add(n))]
 
 
 def read_attrs(h5: h5py.File) -> dict[str, Any]:
@@ -86,13 +103,44 @@ def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
         raise BadFile(f"{p}: not a readable HDF5 file ({e.__class__.__name__})") from None
 
 
-def _copy_entry(src: h5py.File, dst: h5py.File, name: str) -> None:
-    if name in dst:
-        del dst[name]
-    parent = name.rsplit("/", 1)[0] if "/" in name else None
-    if parent:
-        dst.require_group(parent)
-    src.copy(src[name], dst, name=name)
+def _part_level(part: Path) -> int:
+    """The merge level of a part file, ``part-<seq>-L<level>-<pid>.h5`` (older names: 0)."""
+    fields = part.stem.split("-")
+    return int(fields[2][1:]) if len(fields) == 4 and fields[2].startswith("L") else 0
+
+
+def _merge_group(src: h5py.Group, dst: h5py.Group) -> None:
+    """Copy every entry under ``src`` into ``dst``, replacing entries of the same name.
+
+    A subtree that ``dst`` does not have is copied in one call (4x faster per entry than
+    entry by entry); an entry (a group holding datasets) replaces its namesake whole.
+    """
+    for key, obj in src.items():
+        if key not in dst:
+            src.copy(obj, dst, name=key)
+        elif (isinstance(obj, h5py.Group) and isinstance(dst[key], h5py.Group)
+              and not any(isinstance(v, h5py.Dataset) for v in obj.values())):
+            _merge_group(obj, dst[key])
+        else:
+            del dst[key]
+            src.copy(obj, dst, name=key)
+
+
+_LINK_CREATE = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+_LINK_CREATE.set_create_intermediate_group(True)
+
+
+def _write_entry(f: h5py.File, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """One entry (a group of datasets) through the low-level API: half the cost of
+    ``require_group`` + ``create_dataset``, which matters for hloc's one group per pair."""
+    gid = h5py.h5g.create(f.id, name.encode(), lcpl=_LINK_CREATE)
+    for key, value in arrays.items():
+        v = np.ascontiguousarray(value)
+        space = (h5py.h5s.create_simple(v.shape) if v.ndim else
+                 h5py.h5s.create(h5py.h5s.SCALAR))
+        ds = h5py.h5d.create(gid, key.encode(), h5py.h5t.py_create(v.dtype), space)
+        if v.size:
+            ds.write(h5py.h5s.ALL, h5py.h5s.ALL, v)
 
 
 class H5Store:
@@ -150,9 +198,15 @@ class H5Store:
 
     # -- state -----------------------------------------------------------------------------
     def _part_files(self) -> list[Path]:
+        """Committed parts, oldest first (by sequence number)."""
         if not self.parts_dir.is_dir():
             return []
         return sorted(p for p in self.parts_dir.glob("part-*.h5"))
+
+    def _new_part(self, level: int) -> Path:
+        part = self.parts_dir / f"part-{self._seq:08d}-L{level}-{os.getpid()}.h5"
+        self._seq += 1
+        return part
 
     def existing_attrs(self) -> dict[str, Any] | None:
         """Attributes of what is already on disk (final file, else the oldest part)."""
@@ -206,11 +260,17 @@ class H5Store:
 
     # -- writing ---------------------------------------------------------------------------
     def add(self, name: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """Buffer one entry; commit every ``commit_every`` entries or ``commit_seconds``.
+
+        While the previous part is still being written, entries keep accumulating (up to
+        :data:`MAX_BACKLOG` times ``commit_every``) instead of waiting for the disk: the
+        next part is then larger, and commits never limit the throughput of fast jobs.
+        """
         self._buffer[name] = dict(arrays)
-        if (
-            len(self._buffer) >= self.commit_every
-            or time.monotonic() - self._last_commit >= self.commit_seconds
-        ):
+        due = (len(self._buffer) >= self.commit_every
+               or time.monotonic() - self._last_commit >= self.commit_seconds)
+        busy = self._writer is not None and self._writer.is_alive()
+        if due and not (busy and len(self._buffer) < MAX_BACKLOG * self.commit_every):
             self.commit()
 
     def _write_h5(self, target: Path, fill, data_bytes: int) -> None:
@@ -229,23 +289,19 @@ class H5Store:
         if self._buffer:
             self._wait_writer()
             self.parts_dir.mkdir(parents=True, exist_ok=True)
-            part = self.parts_dir / f"part-{self._seq:08d}-{os.getpid()}.h5"
-            self._seq += 1
+            part = self._new_part(0)
             buffer, self._buffer = self._buffer, {}
             self._done.update(buffer)
 
             def fill(f: h5py.File) -> None:
                 for name, arrays in buffer.items():
-                    g = f.require_group(name)
-                    for k, v in arrays.items():
-                        g.create_dataset(k, data=v)
+                    _write_entry(f, name, arrays)
 
             def write() -> None:
                 try:
                     self._write_h5(part, fill, sum(np.asarray(v).nbytes for arrays in buffer.values()
                                                    for v in arrays.values()))
-                    if len(self._part_files()) >= COMPACT_AFTER:
-                        self._compact()
+                    self._compact()
                 except BaseException as e:  # re-raised in the caller's thread
                     self._writer_error = e
 
@@ -262,23 +318,47 @@ class H5Store:
             error, self._writer_error = self._writer_error, None
             raise error
 
-    def _merge_into(self, target: Path, sources: list[Path]) -> None:
+    def _merge_into(self, target: Path, sources: list[Path], base: Path | None = None) -> None:
+        """Write ``target``: a byte copy of ``base`` (if any) plus the entries of ``sources``.
+
+        Later sources override earlier ones and ``base``; the attributes are this store's.
+        """
         def fill(f: h5py.File) -> None:
             for src in sources:
                 with h5py.File(src, "r") as s:
-                    for name in list_entries(s):
-                        _copy_entry(s, f, name)
+                    _merge_group(s, f)
 
-        self._write_h5(target, fill, sum(s.stat().st_size for s in sources))
+        size = sum(s.stat().st_size for s in sources)
+        if base is None:
+            self._write_h5(target, fill, size)
+            return
+        need = size + base.stat().st_size + HDF5_OVERHEAD
+        with write_atomic(target, fsync=True, need_bytes=need) as tmp:
+            shutil.copyfile(base, tmp)  # copy_file_range / sendfile: no HDF5 object walk
+            with h5py.File(tmp, "r+") as f:
+                write_attrs(f, self.attrs)
+                fill(f)
 
     def _compact(self) -> None:
-        """Merge all parts into one (same entries: a crash in between only duplicates)."""
-        parts = self._part_files()
-        merged = self.parts_dir / f"part-{self._seq:08d}-{os.getpid()}.h5"
-        self._seq += 1
-        self._merge_into(merged, parts)
-        for p in parts:
-            p.unlink()
+        """Merge every :data:`FANOUT` parts of one level into one part of the next level.
+
+        Parts of a higher level are always older than those of a lower one (a level is
+        only merged when all lower levels have just been merged into it), so the merged
+        part, which takes the next sequence number, keeps "later overrides earlier". A
+        crash between writing it and removing its sources leaves the same entries twice.
+        """
+        while True:
+            by_level: dict[int, list[Path]] = {}
+            for p in self._part_files():
+                by_level.setdefault(_part_level(p), []).append(p)
+            full = [lv for lv, ps in by_level.items() if len(ps) >= FANOUT]
+            if not full:
+                return
+            level = min(full)
+            parts = by_level[level]
+            self._merge_into(self._new_part(level + 1), parts)
+            for p in parts:
+                p.unlink()
 
     def finalize(self) -> None:
         """Fold the final file and all parts into a new final file (atomic rename)."""
@@ -286,8 +366,7 @@ class H5Store:
         parts = self._part_files()
         if not parts:  # nothing new: the final file (or none, never an empty one) stays
             return
-        sources = ([self.path] if self.path.exists() else []) + parts
-        self._merge_into(self.path, sources)
+        self._merge_into(self.path, parts, base=self.path if self.path.exists() else None)
         for p in parts:
             p.unlink()
         try:
