@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tracemalloc
 from pathlib import Path
 
 import h5py
@@ -10,10 +12,20 @@ import numpy as np
 import pycolmap
 import pytest
 
-from d2cli.errors import EmptyInput, MissingName, UsageError
+from d2cli.errors import BadFile, EmptyInput, InputNotFound, MissingName, UsageError
 from d2cli.io.h5store import write_attrs
-from d2cli.io.pairs import read_pairs
+from d2cli.io.pairs import (
+    iter_pair_lines,
+    iter_unique_pairs,
+    normalize_pairs,
+    pairs_file_equals,
+    read_pair_lines,
+    read_pairs,
+    write_pairs,
+)
 from d2cli.pairs import (
+    PairStrategy,
+    iter_pairs_exhaustive,
     pairs_exhaustive,
     pairs_from_model,
     pairs_from_poses,
@@ -201,3 +213,120 @@ def test_cli_errors_are_one_line(feats, tmp_path, d2, args, message):
     assert p.returncode == 2, p.stderr
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "pairs.txt").exists()
+
+
+# --------------------------------------------------------------------------- at scale
+def reference_normalize(pairs) -> list[tuple[str, str]]:
+    """The definition: drop self pairs and later repeats of an unordered pair."""
+    seen, out = set(), []
+    for a, b in pairs:
+        if a != b and frozenset((a, b)) not in seen:
+            seen.add(frozenset((a, b)))
+            out.append((a, b))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_normalize_and_stream_keep_the_first_order_seen(seed):
+    rng = np.random.default_rng(seed)
+    names = [f"n{i}" for i in range(int(rng.integers(1, 12)))]
+    pairs = [(str(a), str(b)) for a, b in rng.choice(names, (int(rng.integers(0, 200)), 2))]
+    want = reference_normalize(pairs)
+    assert normalize_pairs(pairs) == want
+    assert list(iter_unique_pairs(iter(pairs))) == want
+    assert normalize_pairs(iter(pairs)) == want  # a one-pass stream is enough
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_streamed_exhaustive_is_the_deduplicated_product(seed):
+    rng = np.random.default_rng(seed)
+    names = [f"im{i}.jpg" for i in range(int(rng.integers(1, 9)))]
+    # queries and references that overlap, repeat names, or leave one side to default
+    q = [str(x) for x in rng.choice(names, int(rng.integers(1, 7)))]
+    r = [str(x) for x in rng.choice(names, int(rng.integers(1, 7)))]
+    for queries, refs in ((q, r), (q, None), (None, r)):
+        got = list(iter_pairs_exhaustive(names, queries, refs))
+        full = [(a, b) for a in (queries if queries is not None else
+                                 [n for n in names if n not in set(refs)])
+                for b in (refs if refs is not None else [n for n in names if n not in set(q)])]
+        assert got == reference_normalize(full) == pairs_exhaustive(names, queries, refs)
+    assert list(iter_pairs_exhaustive(names)) == reference_normalize(
+        (a, b) for i, a in enumerate(names) for b in names[i + 1:])
+
+
+def test_pairs_file_read_a_line_at_a_time_keeps_line_numbers(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_bytes(b"# c\r\na b 0.5\r\n\r\nb a\nc c\nb c 1 2\r\nx\n")
+    with pytest.raises(BadFile, match=r"p.txt:7: expected 'name0 name1', got 'x'"):
+        read_pairs(p)
+    p.write_bytes(b"a b\n\nb c d\n")
+    with pytest.raises(BadFile, match=r"p.txt:3: .*numeric columns"):
+        read_pair_lines(p)
+    p.write_bytes(b"# c\r\na b 0.5\r\n\r\nb a\nc c\nb c 1 2\r\n")
+    assert read_pair_lines(p) == [("a", "b"), ("b", "a"), ("c", "c"), ("b", "c")]
+    assert read_pairs(p) == [("a", "b"), ("b", "c")]
+    with pytest.raises(InputNotFound, match="pairs file not found"):
+        iter_pair_lines(tmp_path / "none.txt")  # at once, not at the first pair
+
+
+def test_save_pairs_streams_and_failures_leave_the_old_file(tmp_path):
+    out = tmp_path / "p.txt"
+    r = save_pairs(iter_pairs_exhaustive(NAMES), out, "exhaustive", unique=True)
+    assert (r.pairs, r.images) == (10, 5)
+    assert read_pair_lines(out) == pairs_exhaustive(NAMES)
+    before = out.read_bytes()
+
+    def bad_later():
+        yield from iter_pairs_exhaustive(NAMES)
+        yield ("db/a.jpg", "with space.jpg")
+
+    with pytest.raises(UsageError, match="whitespace"):
+        save_pairs(bad_later(), out, unique=True)
+    with pytest.raises(EmptyInput, match="no pairs to write"):
+        save_pairs(iter([("a", "a")]), out, "exhaustive")
+    with pytest.raises(EmptyInput):
+        save_pairs(iter_pairs_exhaustive(["only.jpg"]), out, unique=True)
+    with pytest.raises(EmptyInput):
+        save_pairs(iter([]), tmp_path / "new" / "p.txt")
+    assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["p.txt"]
+    assert write_pairs(tmp_path / "empty.txt", []) == 0  # write_pairs itself allows none
+    assert (tmp_path / "empty.txt").read_text() == ""
+
+
+def test_writing_exhaustive_pairs_holds_no_pair_list(tmp_path):
+    names = [f"images/{i:05d}.jpg" for i in range(1000)]  # 499,500 pairs
+    tracemalloc.start()
+    try:
+        r = save_pairs(iter_pairs_exhaustive(names), tmp_path / "p.txt", unique=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r.pairs == 499_500 and r.images == 1000
+    # a list of the pairs alone: 64 bytes each (tuple and pointer), 32 MB
+    assert peak < 8e6, peak
+    with open(tmp_path / "p.txt") as f:
+        assert next(f) == "images/00000.jpg images/00001.jpg\n"
+
+
+def test_pairs_file_equals_streams_and_sees_what_read_pairs_sees(tmp_path):
+    p = tmp_path / "p.txt"
+    write_pairs(p, pairs_exhaustive(NAMES))
+    assert pairs_file_equals(p, lambda: iter_pairs_exhaustive(NAMES)) == 10
+    assert pairs_file_equals(p, lambda: iter_pairs_exhaustive(NAMES[:4])) is None
+    assert pairs_file_equals(p, lambda: iter_pairs_exhaustive(NAMES + ["z.jpg"])) is None
+    # self and repeated lines, dropped by read_pairs: still the same pairs
+    p.write_text("db/a.jpg db/a.jpg\n" + "".join(f"{a} {b}\n{b} {a}\n"
+                                                  for a, b in pairs_exhaustive(NAMES)))
+    assert pairs_file_equals(p, lambda: iter_pairs_exhaustive(NAMES)) == 10
+    p.write_text("db/a.jpg db/b.jpg\nthree names here\n")
+    with pytest.raises(BadFile):
+        pairs_file_equals(p, lambda: iter_pairs_exhaustive(NAMES))
+
+
+def test_strategy_stream_equals_its_list(tmp_path):
+    names = ["c.jpg", "a.jpg", "b.jpg", "d.jpg"]
+    for s in (PairStrategy(), PairStrategy("sequential", overlap=2)):
+        made = s.make(names)
+        assert list(s.pairs(names)) == made == list(s.source(names)())
+        assert made == reference_normalize(made)
+    assert PairStrategy().make(names) == pairs_exhaustive(sorted(names))

@@ -3,13 +3,16 @@
 Every function returns a list of ``(name0, name1)`` with names exactly as keyed in the
 features file (or the COLMAP model); :func:`save_pairs` drops self and duplicate
 unordered pairs, refuses names with whitespace and writes the file atomically.
+Exhaustive pairs (N^2 / 2 of them) also come as a stream, :func:`iter_pairs_exhaustive`,
+which :func:`save_pairs` writes a chunk at a time: memory stays flat in the pair count.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import numpy as np
 from .errors import BadFile, EmptyInput, InputNotFound, MissingName, UsageError
 from .io.colmap_model import read_model
 from .io.features import FeatureFile
-from .io.pairs import normalize_pairs, write_pairs
+from .io.pairs import iter_unique_pairs, normalize_pairs, write_pairs_counted
 
 Pair = tuple[str, str]
 
@@ -100,11 +103,35 @@ def pairs_exhaustive(names: Sequence[str], queries: Sequence[str] | None = None,
 
     With only one of ``queries``/``refs`` given, the other side is the rest of ``names``
     (e.g. ``--query-prefix query/`` pairs each query with every non-query image).
+    The list of :func:`iter_pairs_exhaustive`.
+    """
+    return list(iter_pairs_exhaustive(names, queries, refs))
+
+
+def iter_pairs_exhaustive(names: Sequence[str], queries: Sequence[str] | None = None,
+                          refs: Sequence[str] | None = None) -> Iterator[Pair]:
+    """:func:`pairs_exhaustive` one pair at a time, without self or duplicate unordered
+    pairs by construction (nothing to remember): memory O(names), not O(pairs).
+
+    All pairs: ``names[i]`` with every later name. Queries x references: each query with
+    each reference in their orders, less itself and less the pairs already given the
+    other way round (an earlier query that is also a reference): the pairs, and their
+    order, that dropping the duplicates of the full product keeps.
     """
     if queries is None and refs is None:
-        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    queries, refs = _complete_sides(names, queries, refs)
-    return normalize_pairs((a, b) for a in queries for b in refs)
+        unique = list(dict.fromkeys(names))
+        for i, a in enumerate(unique):
+            rest = unique[i + 1:]
+            yield from zip(repeat(a, len(rest)), rest, strict=True)
+        return
+    q_side, r_side = _complete_sides(names, queries, refs)
+    q_side, r_side = list(dict.fromkeys(q_side)), list(dict.fromkeys(r_side))
+    q_pos = {q: k for k, q in enumerate(q_side)}
+    r_set = set(r_side)
+    for k, a in enumerate(q_side):
+        # a query that is also a reference: (a, b) with b a query up to a came as (b, a)
+        row = [b for b in r_side if q_pos.get(b, k + 1) > k] if a in r_set else r_side
+        yield from zip(repeat(a, len(row)), row, strict=True)
 
 
 def _complete_sides(names: Sequence[str], queries: Sequence[str] | None,
@@ -304,9 +331,30 @@ class PairStrategy:
             raise UsageError("pairs from a file need the file (--pairs FILE)")
 
     def make(self, names: Sequence[str]) -> list[Pair]:
-        """The pairs of ``names`` (images with features; pairs naming others are dropped)."""
+        """The pairs of ``names`` (images with features; pairs naming others are dropped),
+        without self or duplicate pairs: the list of :meth:`pairs`."""
+        return list(self.pairs(names))
+
+    def pairs(self, names: Sequence[str]) -> Iterator[Pair]:
+        """:meth:`make` as a stream; exhaustive pairs are generated as they are consumed."""
+        if self.method == "exhaustive":
+            return iter_pairs_exhaustive(sorted(names))
+        return iter(self._listed(names))
+
+    def source(self, names: Sequence[str]) -> Callable[[], Iterator[Pair]]:
+        """A function giving :meth:`pairs` afresh at each call, for readers that need them
+        twice: exhaustive pairs are generated again (never held), the others (N x K) are
+        computed once, here."""
+        if self.method == "exhaustive":
+            ordered = sorted(names)
+            return lambda: iter_pairs_exhaustive(ordered)
+        listed = self._listed(names)
+        return lambda: iter(listed)
+
+    def _listed(self, names: Sequence[str]) -> list[Pair]:
+        """The pairs of the methods that pick a few per image (N x K: a list is small)."""
         if self.method == "sequential":
-            return pairs_sequential(sorted(names), self.overlap)
+            return list(iter_unique_pairs(pairs_sequential(sorted(names), self.overlap)))
         if self.method == "retrieval":
             assert self.descriptors is not None
             all_names, desc = read_global_descriptors(self.descriptors)
@@ -317,13 +365,11 @@ class PairStrategy:
                 raise MissingName(f"{self.descriptors}: no global descriptor for {len(missing)} "
                                   f"image(s), e.g. {missing[0]}")
             return pairs_from_retrieval([all_names[i] for i in keep], desc[keep], self.num_matched)
-        if self.method == "file":
-            from .io.pairs import read_pairs
+        from .io.pairs import read_pairs
 
-            assert self.file is not None
-            have = set(names)
-            return [(a, b) for a, b in read_pairs(self.file) if a in have and b in have]
-        return pairs_exhaustive(sorted(names))
+        assert self.method == "file" and self.file is not None  # exhaustive: see pairs()
+        have = set(names)
+        return [(a, b) for a, b in read_pairs(self.file) if a in have and b in have]
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"method": self.method}
@@ -337,12 +383,13 @@ class PairStrategy:
 
 
 # --------------------------------------------------------------------------- output
-def save_pairs(pairs: Sequence[Pair], out: str | os.PathLike = "pairs.txt",
-               method: str = "") -> PairsResult:
-    """Write a pairs file (atomic); an empty list is an error, not an empty file."""
-    pairs = normalize_pairs(pairs)
-    if not pairs:
-        raise EmptyInput(f"no pairs to write to {out} ({method or 'empty list'})")
-    n = write_pairs(out, pairs)
-    return PairsResult(out=Path(out), method=method, pairs=n,
-                       images=len({x for p in pairs for x in p}))
+def save_pairs(pairs: Iterable[Pair], out: str | os.PathLike = "pairs.txt",
+               method: str = "", *, unique: bool = False) -> PairsResult:
+    """Write a pairs file (atomic); an empty list is an error, not an empty file.
+
+    ``pairs`` may be a stream (:func:`iter_pairs_exhaustive`), written as it comes;
+    ``unique``: it holds no self or duplicate pair (no per-pair memory spent finding them).
+    """
+    n, images = write_pairs_counted(out, pairs, unique=unique,
+                                    empty=f"no pairs to write to {out} ({method or 'empty list'})")
+    return PairsResult(out=Path(out), method=method, pairs=n, images=images)

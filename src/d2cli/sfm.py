@@ -28,7 +28,7 @@ from .extract import ExtractSettings, extract
 from .images import DEFAULT_MAX_PIXELS
 from .io.atomic import write_json_atomic
 from .io.features import FeatureFile
-from .io.pairs import normalize_pairs, read_pairs
+from .io.pairs import pairs_file_equals
 from .jobs import ProgressFn, Stage, relabel
 from .match import MatchSettings, match
 from .pairs import PairStrategy, save_pairs
@@ -197,12 +197,14 @@ def _pairs_step(result: SfmResult, feats: Path, pairs_path: Path,
         image_root = ff.attrs.get("image_root")
     if len(names) < 2:
         raise UsageError(f"{len(names)} image(s) with features: a reconstruction needs at least 2")
-    pair_list = normalize_pairs(strategy.make(names))
-    if pairs_path.is_file() and read_pairs(pairs_path) == pair_list:
+    # streamed: exhaustive pairs of thousands of images are never all in memory
+    pairs = strategy.source(names)
+    count = pairs_file_equals(pairs_path, pairs) if pairs_path.is_file() else None
+    if count is not None:
         result.skipped.append("pairs")
     else:
-        save_pairs(pair_list, pairs_path, method=strategy.method)
-    result.steps["pairs"] = {"out": str(pairs_path), "pairs": len(pair_list),
+        count = save_pairs(pairs(), pairs_path, method=strategy.method, unique=True).pairs
+    result.steps["pairs"] = {"out": str(pairs_path), "pairs": count,
                              "images": len(names), **strategy.as_dict()}
     return {**result.steps["pairs"], "image_root": image_root}
 

@@ -29,10 +29,10 @@ image_names_source = options(
 )
 
 
-def _save(pairs: Any, out: str, method: str, as_json: bool) -> int:
+def _save(pairs: Any, out: str, method: str, as_json: bool, unique: bool = False) -> int:
     from ..pairs import save_pairs
 
-    s = save_pairs(pairs, out, method).summary()
+    s = save_pairs(pairs, out, method, unique=unique).summary()
     return done_line(s, as_json, f"d2 pairs {s['method']}: {s['pairs']} pairs of {s['images']} "
                                  f"images -> {s['out']}")
 
@@ -63,11 +63,13 @@ def pairs_exhaustive_cmd(features, image_list, query_prefix, query_list, ref_pre
 
     With only queries (or only references) chosen, the other side is all other images.
     """
-    from ..pairs import image_names, pairs_exhaustive
+    from ..pairs import image_names, iter_pairs_exhaustive
 
     names = image_names(features, image_list)
     queries, refs = _queries_refs(names, query_prefix, query_list, ref_prefix, ref_list)
-    return _save(pairs_exhaustive(names, queries, refs), out, "exhaustive", as_json)
+    # streamed into the file: memory flat in the number of pairs (N^2 / 2)
+    return _save(iter_pairs_exhaustive(names, queries, refs), out, "exhaustive", as_json,
+                 unique=True)
 
 
 @pairs_group.command("sequential")

@@ -1,6 +1,6 @@
 """Track-level refinement for SfM: one refined position per keypoint.
 
-Tracks are the connected components (union-find) of the verified match graph. Each track
+Tracks are the connected components of the verified match graph. Each track
 has an anchor, its keypoint with the most verified matches, which stays fixed; every
 keypoint verified-matched to it moves to where the anchor's patch fits best, exactly as
 in two-view refinement (affine warp from the pair's matches, NCC guard). All observations
@@ -30,13 +30,85 @@ from .pair import refine_points
 ImageSource = np.ndarray | Callable[[], np.ndarray]
 
 
-def _find(parent: np.ndarray, i: int) -> int:
-    root = i
-    while parent[root] != root:
-        root = parent[root]
-    while parent[i] != root:  # path compression
-        parent[i], i = root, parent[i]
-    return root
+def _components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Connected components of the graph on ``n`` vertices with edges ``u[k]-v[k]`` ((E,)
+    integers, the dtype of :func:`_index_dtype`).
+
+    Returns (n,) ids: a vertex of its component for every vertex (the same for two
+    vertices iff they are connected). Boruvka-style contraction, all numpy: each round
+    (:func:`_hook`) every super-vertex with an edge hooks to its smallest neighbour, so
+    each hook tree holds two or more and the super-vertices with edges at least halve:
+    O(log n) rounds of O(n + E) work, also on a long chain (where min-label propagation
+    would take as many rounds as the chain is long).
+    """
+    label = np.arange(n, dtype=u.dtype)
+    keep = u != v
+    if not keep.all():  # self-loops (an image matched with itself) are rare: no copy else
+        u, v = u[keep], v[keep]
+    while len(u):  # u, v: the edges between distinct super-vertices (roots)
+        root = _flatten(_hook(n, u, v))
+        label = root[label]
+        u, v = root[u], root[v]
+        keep = u != v
+        u, v = u[keep], v[keep]
+    return label
+
+
+def _hook(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(n,) parent of each vertex: its smallest neighbour along the (E,) edges ``u-v``, or
+    itself without edges. Two vertices choosing each other (the only cycle possible: a
+    longer one would need its labels to decrease all the way round) keep the smaller as root.
+    """
+    ids = np.arange(n, dtype=u.dtype)
+    best = np.full(n, n, dtype=u.dtype)
+    np.minimum.at(best, u, v)
+    np.minimum.at(best, v, u)
+    parent = np.where(best < n, best, ids)
+    mutual = (parent[parent] == ids) & (ids < parent)
+    parent[mutual] = ids[mutual]
+    return parent
+
+
+def _flatten(parent: np.ndarray) -> np.ndarray:
+    """(n,) root of every vertex of a forest given by (n,) parents (roots: their own parent).
+
+    Pointer jumping: each step doubles the distance skipped, log2(depth) + 1 steps.
+    """
+    while True:
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            return parent
+        parent = grand
+
+
+def _index_dtype(n: int) -> type[np.signedinteger]:
+    """int32 for up to 2^31 - 1 keypoints (half the memory of the edge arrays), else int64."""
+    return np.int32 if n < 2**31 - 1 else np.int64
+
+
+def _global_edges(counts: Mapping[str, int], matches: Mapping[tuple[str, str], np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The keypoints of all images numbered in one range (image order, then index).
+
+    Returns the (I + 1,) int64 offsets of the images (``counts`` order) and the (E,) global
+    ids (:func:`_index_dtype`) of both ends of every match, written in place into arrays
+    of the final size; the loop is per pair, never per match.
+    """
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum([counts[n] for n in counts], out=offsets[1:])
+    start = dict(zip(counts, offsets.tolist(), strict=False))
+    dtype = _index_dtype(int(offsets[-1]))
+    total = sum(np.size(m) // 2 for m in matches.values())
+    u, v = np.empty(total, dtype), np.empty(total, dtype)
+    at = 0
+    for (a, b), m in matches.items():
+        m = np.asarray(m).reshape(-1, 2)
+        if len(m) and (m.min() < 0 or m[:, 0].max() >= counts[a] or m[:, 1].max() >= counts[b]):
+            raise IndexError(f"matches of {a} {b}: a keypoint index out of range")
+        np.add(m[:, 0], start[a], out=u[at:at + len(m)], casting="unsafe")
+        np.add(m[:, 1], start[b], out=v[at:at + len(m)], casting="unsafe")
+        at += len(m)
+    return offsets, u, v
 
 
 @dataclass
@@ -51,37 +123,38 @@ class Tracks:
 
 def build_tracks(num_keypoints: Mapping[str, int], matches: Mapping[tuple[str, str], np.ndarray],
                  max_track: int = 512) -> Tracks:
-    """Connected components of the match graph (matches: (a, b) -> (M, 2) indices)."""
+    """Connected components of the match graph (matches: (a, b) -> (M, 2) indices).
+
+    Refinable tracks are numbered in the order of their first keypoint (images in
+    ``num_keypoints`` order, then index), whatever the order of the matches.
+    """
     names = list(num_keypoints)
-    start = dict(zip(names, np.cumsum([0] + [num_keypoints[n] for n in names[:-1]]).tolist(),
-                     strict=True))
-    total = sum(num_keypoints.values())
-    parent = np.arange(total)
-    degree = np.zeros(total, dtype=np.int64)
-    for (a, b), m in matches.items():
-        m = np.asarray(m, dtype=np.int64).reshape(-1, 2)
-        for i, j in zip((m[:, 0] + start[a]).tolist(), (m[:, 1] + start[b]).tolist(), strict=True):
-            ri, rj = _find(parent, i), _find(parent, j)
-            if ri != rj:
-                parent[rj] = ri
-        np.add.at(degree, m[:, 0] + start[a], 1)
-        np.add.at(degree, m[:, 1] + start[b], 1)
-    roots = np.array([_find(parent, i) for i in range(total)], dtype=np.int64)
-    image_of = np.repeat(np.arange(len(names)), [num_keypoints[n] for n in names])
+    offsets, u, v = _global_edges(num_keypoints, matches)
+    total = int(offsets[-1])
+    degree = np.bincount(u, minlength=total) + np.bincount(v, minlength=total)
+    label = _components(total, u, v)
+    del u, v  # the edges are done with: the rest is O(keypoints)
+    # components numbered in the order of their smallest keypoint, whatever the edge order
+    smallest = np.full(total, total, dtype=np.int64)
+    np.minimum.at(smallest, label, np.arange(total, dtype=np.int64))
+    smallest = smallest[label]
+    is_first = np.zeros(total, dtype=bool)
+    is_first[smallest] = True
+    comp = (np.cumsum(is_first) - 1)[smallest]
+    image_of = np.repeat(np.arange(len(names)), np.diff(offsets))
     matched = degree > 0
-    _, comp = np.unique(roots, return_inverse=True)
     sizes = np.bincount(comp[matched], minlength=comp.max() + 1 if total else 0)
     # a track with two keypoints of one image: (track, image) pairs occurring twice
     key = comp[matched] * len(names) + image_of[matched]
     uniq, cnt = np.unique(key, return_counts=True)
     bad = np.zeros(len(sizes), dtype=bool)
-    bad[uniq[cnt > 1] // len(names)] = True
+    bad[uniq[cnt > 1] // max(len(names), 1)] = True
     large = sizes > max_track
     ok = (sizes >= 2) & ~bad & ~large
     new_id = np.full(len(sizes), -1, dtype=np.int64)
     new_id[ok] = np.arange(int(ok.sum()))
     tid = np.where(matched, new_id[comp] if total else comp, -1)
-    ids = {n: tid[start[n] : start[n] + num_keypoints[n]] for n in names}
+    ids = {n: tid[offsets[k]:offsets[k + 1]] for k, n in enumerate(names)}
     return Tracks(ids, int(ok.sum()), int((bad & (sizes >= 2)).sum()), int((large & ~bad).sum()))
 
 
@@ -93,23 +166,17 @@ def anchors(tracks: Tracks, matches: Mapping[tuple[str, str], np.ndarray]) -> di
     """name -> (N,) bool: the anchor of every refinable track, the keypoint with the most
     verified matches in it (ties: the first image, the lowest index)."""
     names = list(tracks.ids)
-    degree = {n: np.zeros(len(tracks.ids[n]), dtype=np.int64) for n in names}
-    for (a, b), m in matches.items():
-        m = np.asarray(m, dtype=np.int64).reshape(-1, 2)
-        np.add.at(degree[a], m[:, 0], 1)
-        np.add.at(degree[b], m[:, 1], 1)
-    # every track keypoint as (track, -degree, image, index); the first row of each track wins
-    rows = [(tracks.ids[n][sel], -degree[n][sel], np.full(len(sel), k), sel)
-            for k, n in enumerate(names) for sel in [np.flatnonzero(tracks.ids[n] >= 0)]]
-    out = {n: np.zeros(len(tracks.ids[n]), dtype=bool) for n in names}
-    if not rows:
-        return out
-    tid, neg_deg, img, idx = (np.concatenate(c) for c in zip(*rows, strict=True))
-    order = np.lexsort((idx, img, neg_deg, tid))
-    first = order[np.r_[True, tid[order][1:] != tid[order][:-1]]]
-    for k, n in enumerate(names):
-        out[n][idx[first][img[first] == k]] = True
-    return out
+    offsets, u, v = _global_edges({n: len(tracks.ids[n]) for n in names}, matches)
+    total = int(offsets[-1])
+    degree = np.bincount(u, minlength=total) + np.bincount(v, minlength=total)
+    tid = np.concatenate([tracks.ids[n] for n in names] or [np.zeros(0, np.int64)])
+    anchor = np.zeros(total, dtype=bool)
+    sel = np.flatnonzero(tid >= 0)  # global ids: their order is (image, index)
+    if len(sel):
+        # every track keypoint by (track, -degree, global id): the first of each track wins
+        order = sel[np.lexsort((sel, -degree[sel], tid[sel]))]
+        anchor[order[np.r_[True, tid[order][1:] != tid[order][:-1]]]] = True
+    return {n: anchor[offsets[k]:offsets[k + 1]] for k, n in enumerate(names)}
 
 
 @dataclass
