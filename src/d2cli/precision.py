@@ -22,18 +22,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 
+if TYPE_CHECKING:  # torch is imported where it is used: `d2 pairs` and friends start without it
+    import torch
+
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
-HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+HALF_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # names of the torch dtypes
 
 
 @lru_cache(maxsize=1)
 def cpu_bf16_instructions() -> str | None:
     """The CPU's native bf16 instruction set (``"AMX-BF16"``, ``"AVX512-BF16"``) or None."""
+    import torch
+
     flags: dict[str, bool] = {}
     try:  # PyTorch's own cpuinfo reading (any OS)
         flags = dict(torch._C._cpu._get_cpu_capability())
@@ -67,6 +71,8 @@ def fast_bf16_reason(device_type: str, cpu_isa: str | None = None,
 
 def bf16_is_fast(device: torch.device) -> str | None:
     """Why bf16 is fast on ``device`` (a short reason), or None where it is not."""
+    import torch
+
     if device.type == "cuda":
         return fast_bf16_reason("cuda", cuda_capability=torch.cuda.get_device_capability(device))
     if device.type == "cpu" and torch.backends.mkldnn.is_available():  # oneDNN runs bf16
@@ -89,6 +95,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def configure_fp32(device: torch.device, precision: str) -> None:
     """fp32 means fp32: cuDNN and cuBLAS would otherwise use TF32 and break parity."""
+    import torch
+
     if device.type == "cuda":
         allow = precision == "tf32"
         torch.backends.cudnn.allow_tf32 = allow
@@ -106,7 +114,10 @@ def uses_channels_last(device: torch.device, precision: str) -> bool:
 @contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """Run the enclosed network calls at ``precision`` (a resolved one)."""
+    import torch
+
     half = HALF_DTYPES.get(precision)
-    ctx = torch.autocast(device.type, dtype=half) if half is not None else nullcontext()
+    ctx = (torch.autocast(device.type, dtype=getattr(torch, half)) if half is not None
+           else nullcontext())
     with ctx:
         yield
