@@ -25,8 +25,9 @@ run on it, each as its own process:
   (``--features-ref``), ``d2 merge`` of the two features files and ``d2 localize`` of the
   queries against the incremental model.
 
-Every process is started with ``subprocess.Popen`` and reaped with ``os.wait4``, which
-gives that child's own user and system CPU time and peak RSS (``ru_maxrss``). Per step:
+Every process is started by a small launcher (``LAUNCHER``) that reaps it with ``os.wait4``:
+its own user and system CPU time and peak RSS (``ru_maxrss``), not floored by this
+script's RSS. Per step:
 wall and CPU time, peak RSS, output size on disk, throughput (pairs/s, images/s,
 queries/s) and, between consecutive sizes, the time growth per 10x of the step's work
 (10x = linear) and the peak-RSS ratio. Correctness per size: the share of correct matches
@@ -146,25 +147,52 @@ def size_on_disk(paths: Sequence[Path]) -> int:
     return total
 
 
-def run_process(cmd: Sequence[str], cwd: Path, log: Path) -> tuple[int, float, Any, str]:
-    """Run ``cmd`` in ``cwd``, stdout and stderr to ``log``.{out,err}; (exit code, wall
-    seconds, the child's own ``resource.struct_rusage`` from ``os.wait4``, stdout)."""
+# Runs the measured command and reports its rusage. Linux carries a process's peak RSS
+# across fork and exec (the child starts with its parent's high-water mark), so a command
+# started straight from this script would report at least this script's own RSS, which
+# grows with N; this small launcher is its parent instead, and passes the figures back.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.Popen(sys.argv[2:])
+_, status, ru = os.wait4(p.pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "wall": time.perf_counter() - t,
+               "user": ru.ru_utime, "sys": ru.ru_stime, "maxrss_kib": ru.ru_maxrss}, f)
+"""
+
+
+@dataclass
+class Usage:
+    """What one measured process used (from the launcher)."""
+
+    rc: int
+    wall: float
+    user: float
+    sys: float
+    maxrss_kib: int
+
+
+def run_process(cmd: Sequence[str], cwd: Path, log: Path) -> tuple[Usage, str]:
+    """Run ``cmd`` in ``cwd`` under :data:`LAUNCHER`, stdout and stderr to
+    ``log``.{out,err}; (its usage, its stdout)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out_path, err_path = log.with_suffix(".out"), log.with_suffix(".err")
+    usage_path = log.with_suffix(".usage.json")
+    usage_path.unlink(missing_ok=True)
     env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
-    t0 = time.perf_counter()
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(usage_path), *cmd], cwd=cwd,
+                                stdout=out, stderr=err, env=env, start_new_session=True)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         except BaseException:
-            proc.kill()
+            os.killpg(proc.pid, 9)
             proc.wait()
             raise
-    wall = time.perf_counter() - t0
-    rc = os.waitstatus_to_exitcode(status)
-    proc.returncode = rc  # reaped by wait4: Popen must not wait again
-    return rc, wall, usage, out_path.read_text()
+    if not usage_path.is_file():
+        raise RuntimeError(f"the launcher of {shlex.join(cmd)} ended with {proc.returncode}")
+    return Usage(**json.loads(usage_path.read_text())), out_path.read_text()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -239,13 +267,14 @@ class SizeRun:
         else:
             cmd = [*self.d2, *args, *extra] if d2 else list(args)
         print(f"[N={self.n}] {label}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-        rc, wall, ru, stdout = run_process(cmd, self.dir, log)
+        usage, stdout = run_process(cmd, self.dir, log)
+        rc, wall = usage.rc, usage.wall
         summary = _parse_json(stdout)
         count = summary.get(work_key, 0) if work_key else (work or 0)
         if isinstance(count, list | dict):
             count = len(count)
-        step = Step(self.n, label, shlex.join(cmd), int(count or 0), unit, wall, ru.ru_utime,
-                    ru.ru_stime, ru.ru_maxrss / 1024, size_on_disk([self.dir / o for o in outputs]),
+        step = Step(self.n, label, shlex.join(cmd), int(count or 0), unit, wall, usage.user,
+                    usage.sys, usage.maxrss_kib / 1024, size_on_disk([self.dir / o for o in outputs]),
                     rc, summary, profile=str(prof) if prof is not None and prof.is_file() else "",
                     load=os.getloadavg()[0])
         if rc in ok_codes and rc != 0:
@@ -317,6 +346,7 @@ class SizeRun:
                                "--json"], ["matches.h5"], "pairs", "matched")
         if m.rc != 0:
             return
+        self._mm_floor(pairs)
         if o.shards > 1:
             parts = []
             for i in range(o.shards):
@@ -397,6 +427,16 @@ class SizeRun:
                 if (fa.get(x, y)[0] != fb.get(x, y)[0]).any():
                     return f"merged shards differ from the plain run at {key}"
         return "merged = plain run"
+
+    def _mm_floor(self, pairs: str) -> None:
+        """A row with the time ``torch.mm`` alone takes on the matched pairs' shapes."""
+        s = self.child("floor: torch.mm of the same pairs", ["mm", "feats.h5", pairs], [], "pairs", "pairs")
+        if s.rc == 0:  # the row's time is the products', not the child's (it reads too)
+            s.wall_s = s.user_s = s.summary["seconds"]
+            s.sys_s, s.max_rss_mib = 0.0, 0.0
+            s.note = (f"torch.mm only: {s.summary['sampled']} sampled pairs scaled to all, "
+                      f"{s.summary['gflops']:.0f} GFLOP/s, {s.summary['threads']} threads")
+            self.save()
 
     def _tracks(self) -> None:
         label_read, label_build = "tracks: verified_matches (API)", "tracks: build_tracks (API)"
@@ -480,6 +520,41 @@ def child_tracks(database: str, features: str) -> dict[str, Any]:
             "build": {"wall_s": w2 - w1, "cpu_s": c2 - c1}}
 
 
+def child_mm_floor(features: str, pairs: str, sample: str = "2000") -> dict[str, Any]:
+    """The floor of ``d2 match`` on these pairs: one ``torch.mm`` of each pair's two
+    descriptor tensors as the matcher gets them ((N, 512) float32, or bf16 where ``auto``
+    screens that pair in bf16), read before the clock starts. An evenly spread sample of
+    ``sample`` pairs is timed; ``seconds`` is its time scaled to all pairs."""
+    import numpy as np
+    import torch
+
+    from d2cli.io.features import FeatureFile
+    from d2cli.io.pairs import read_pairs
+    from d2cli.mnn import uses_bf16_screen
+
+    pair_list = read_pairs(pairs)
+    step = max(1, len(pair_list) // int(sample))
+    timed, flops = 0.0, 0.0
+    cpu = torch.device("cpu")
+    with FeatureFile(features) as ff, torch.no_grad():
+        def desc(name: str) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(ff.descriptors(name).T))
+
+        picked = pair_list[::step]
+        for a, b in picked:
+            d0, d1 = desc(a), desc(b)
+            if uses_bf16_screen("auto", cpu, d0.shape[0], d1.shape[0]):
+                d0, d1 = d0.bfloat16(), d1.bfloat16()
+            t = time.perf_counter()
+            torch.mm(d0, d1.T)
+            timed += time.perf_counter() - t
+            flops += 2.0 * d0.shape[0] * d1.shape[0] * d0.shape[1]
+    scale = len(pair_list) / len(picked)
+    return {"pairs": len(pair_list), "sampled": len(picked), "seconds": timed * scale,
+            "gflops": flops / timed / 1e9 if timed > 0 else 0.0,
+            "threads": torch.get_num_threads()}
+
+
 # ----------------------------------------------------------------------------- tables
 def per_10x(t0: float, t1: float, w0: int, w1: int) -> float | None:
     """Time ratio scaled to 10x the work: 10 ** (log(t1 / t0) / log(w1 / w0)); 10 = linear."""
@@ -545,6 +620,21 @@ def steps_table(rows: list[Step]) -> list[str]:
     return lines
 
 
+def match_floor_table(rows: list[Step]) -> list[str]:
+    """``d2 match`` against ``torch.mm`` of the same shapes, per N: the share of the floor."""
+    by = {(r.size, r.step): r for r in rows if r.rc == 0}
+    lines = ["| N | pairs | torch.mm alone (s) | d2 match process (s) | d2 match job (s) "
+             "| process at % of torch.mm | job at % of torch.mm |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in sorted({r.size for r in rows}):
+        mm, m = by.get((n, "floor: torch.mm of the same pairs")), by.get((n, "match"))
+        if mm is None or m is None:
+            continue
+        job = float(m.summary.get("seconds") or m.wall_s)
+        lines.append(f"| {n:,} | {m.work:,} | {mm.wall_s:.1f} | {m.wall_s:.1f} | {job:.1f} | "
+                     f"{100 * mm.wall_s / m.wall_s:.0f} % | {100 * mm.wall_s / job:.0f} % |")
+    return lines
+
+
 def correctness_table(results: list[dict[str, Any]]) -> list[str]:
     lines = ["| N | keypoints / image | pairs | correct MNN matches (neighbours) | verified pairs "
              "| inlier share | registered (incremental) | median centre error / extent "
@@ -603,9 +693,11 @@ def report(opts: Options, rows: list[Step], results: list[dict[str, Any]], heade
         f"pairs rows only write their pairs file (`-k {2 * opts.overlap}`). Known intrinsics "
         f"(`--camera-model PINHOLE --camera-params`), mapping up to N = {opts.map_max:,} "
         f"(global mapper up to {opts.global_max:,}).", "",
-        "Each row is one process (`subprocess.Popen` + `os.wait4`: the child's own CPU time "
-        "(user + system, all its threads) and peak RSS). *wall / CPU per 10x work*: the "
-        "wall-time (CPU-time) ratio to the previous size, scaled to 10x the step's work "
+        "Each row is one process, reaped with `os.wait4` by a small launcher: its own CPU "
+        "time (user + system, all its threads) and peak RSS (Linux carries the parent's "
+        "high-water mark into a child, so the launcher, not this script, is the parent). "
+        "*wall / CPU per 10x work*: the wall-time (CPU-time) ratio to the previous size, "
+        "scaled to 10x the step's work "
         "(pairs, images or queries): 10x is linear, more is superlinear, less means a fixed "
         "cost still dominates (the *start-up* row: any `d2` process, interpreter and imports). "
         "*load*: the machine's 1-minute load average when the step ended (2 cores: above 2, "
@@ -623,6 +715,11 @@ def report(opts: Options, rows: list[Step], results: list[dict[str, Any]], heade
         "of the scene extent (largest distance between two cameras); queries are placed "
         "by the same alignment.", "",
         *correctness_table(results), "",
+        "`d2 match` against its floor, `torch.mm` of the same descriptor tensors for every "
+        "matched pair (the `floor` rows: the products alone, timed on a spread sample of "
+        "pairs and scaled to all). *process*: the whole `d2 match` (interpreter, imports, "
+        "reading, matching, writing); *job*: the time the command reports for its own work.", "",
+        *match_floor_table(rows), "",
     ]
     notes = [s for s in rows if s.note and s.rc == 0 and "merged" in s.note]
     for s in notes:
@@ -702,7 +799,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.child:
         kind, *rest = args.child
-        result = child_generate(*rest) if kind == "generate" else child_tracks(*rest)
+        children = {"generate": child_generate, "tracks": child_tracks, "mm": child_mm_floor}
+        result = children[kind](*rest)
         print(json.dumps(result))
         return
     opts = Options(sizes=sorted({int(s) for s in args.sizes.split(",") if s.strip()}),
