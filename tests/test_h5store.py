@@ -155,3 +155,21 @@ def test_kill_after_a_merge_before_its_sources_are_removed(tmp_path, when):
     got = _read(out)
     assert all(got[f"a/b{k}"] == k for k in range(written))
     assert got.get("old/x", -1) == -1 and not _parts(out)
+
+
+def test_files_open_with_a_fixed_small_metadata_cache(tmp_path):
+    """Every read and write of the store goes through h5_file: a fixed 4 MiB metadata
+    cache (HDF5's adaptive one grew a process by ~5 KB per entry visited)."""
+    from d2cli.io.h5store import METADATA_CACHE_BYTES, h5_file, open_h5
+
+    path = tmp_path / "x.h5"
+    with H5Store(path, attrs={"a": 1}) as st:
+        for k in range(40):
+            st.add(f"im{k}.jpg", {"keypoints": np.zeros((3, 2), np.float32)})
+    for f in (h5_file(path), open_h5(path)):
+        with f:
+            c = f.id.get_mdc_config()
+            assert c.max_size == c.min_size == c.initial_size == METADATA_CACHE_BYTES
+            assert c.incr_mode == c.decr_mode == c.flash_incr_mode == 0
+            assert f.id.get_mdc_size()[0] <= METADATA_CACHE_BYTES
+            assert len(list(f)) == 40

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from .errors import IncompatibleFeatures, UsageError
-from .io.h5store import H5Store, list_entries, open_h5, read_attrs
+from .io.h5store import H5Store, h5_file, list_entries, open_h5, read_attrs
 from .io.provenance import differences
 
 T = TypeVar("T")
@@ -112,10 +112,10 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
             raise IncompatibleFeatures(
                 f"{out} already holds data made with other settings ({'; '.join(diff)})")
         for p in paths:
-            with h5py.File(p, "r") as f:
+            with h5_file(p, "r") as f:
                 for name in list_entries(f):
                     if name in seen:
-                        with h5py.File(seen[name], "r") as g:
+                        with h5_file(seen[name], "r") as g:
                             if not _same_entry(f[name], g[name]):
                                 raise IncompatibleFeatures(
                                     f"{name} is in {seen[name]} and {p} with different data")

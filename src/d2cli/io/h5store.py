@@ -92,13 +92,30 @@ def write_attrs(h5: h5py.File, attrs: Mapping[str, Any]) -> None:
             h5.attrs[k] = v
 
 
+# HDF5's adaptive metadata cache (up to 32 MiB per file) let a process grow by ~5 KB per
+# entry it visited and never gave it back: reading every pair of a 50k-pair matches file
+# took 303 MiB with it, 78 MiB with this fixed 4 MiB cache, and 10 % less time.
+METADATA_CACHE_BYTES = 4 << 20
+
+
+def h5_file(path: str | os.PathLike, mode: str = "r") -> h5py.File:
+    """``h5py.File`` with a fixed, small metadata cache: memory flat in the entry count."""
+    f = h5py.File(path, mode)
+    config = f.id.get_mdc_config()
+    config.set_initial_size = True
+    config.initial_size = config.min_size = config.max_size = METADATA_CACHE_BYTES
+    config.incr_mode = config.flash_incr_mode = config.decr_mode = 0  # off: fixed size
+    f.id.set_mdc_config(config)
+    return f
+
+
 def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     """Open an HDF5 file for reading with a one-line error on failure."""
     p = Path(path)
     if not p.exists():
         raise BadFile(f"{p}: no such file")
     try:
-        return h5py.File(p, mode)
+        return h5_file(p, mode)
     except OSError as e:
         raise BadFile(f"{p}: not a readable HDF5 file ({e.__class__.__name__})") from None
 
@@ -234,7 +251,7 @@ class H5Store:
                 self._done.update(list_entries(f))
         for p in self._part_files():
             try:
-                with h5py.File(p, "r") as f:
+                with h5_file(p, "r") as f:
                     self._done.update(list_entries(f))
             except OSError:
                 p.unlink()  # cannot happen with rename-on-complete, but never trust a disk
@@ -275,7 +292,7 @@ class H5Store:
 
     def _write_h5(self, target: Path, fill, data_bytes: int) -> None:
         need = data_bytes + HDF5_OVERHEAD
-        with write_atomic(target, fsync=True, need_bytes=need) as tmp, h5py.File(tmp, "w") as f:
+        with write_atomic(target, fsync=True, need_bytes=need) as tmp, h5_file(tmp, "w") as f:
             write_attrs(f, self.attrs)
             fill(f)
 
@@ -325,7 +342,7 @@ class H5Store:
         """
         def fill(f: h5py.File) -> None:
             for src in sources:
-                with h5py.File(src, "r") as s:
+                with h5_file(src, "r") as s:
                     _merge_group(s, f)
 
         size = sum(s.stat().st_size for s in sources)
@@ -335,7 +352,7 @@ class H5Store:
         need = size + base.stat().st_size + HDF5_OVERHEAD
         with write_atomic(target, fsync=True, need_bytes=need) as tmp:
             shutil.copyfile(base, tmp)  # copy_file_range / sendfile: no HDF5 object walk
-            with h5py.File(tmp, "r+") as f:
+            with h5_file(tmp, "r+") as f:
                 write_attrs(f, self.attrs)
                 fill(f)
 
