@@ -101,11 +101,15 @@ METADATA_CACHE_BYTES = 4 << 20
 def h5_file(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     """``h5py.File`` with a fixed, small metadata cache: memory flat in the entry count."""
     f = h5py.File(path, mode)
-    config = f.id.get_mdc_config()
-    config.set_initial_size = True
-    config.initial_size = config.min_size = config.max_size = METADATA_CACHE_BYTES
-    config.incr_mode = config.flash_incr_mode = config.decr_mode = 0  # off: fixed size
-    f.id.set_mdc_config(config)
+    try:
+        config = f.id.get_mdc_config()
+        config.set_initial_size = True
+        config.initial_size = config.min_size = config.max_size = METADATA_CACHE_BYTES
+        config.incr_mode = config.flash_incr_mode = config.decr_mode = 0  # off: fixed size
+        f.id.set_mdc_config(config)
+    except BaseException:
+        f.close()
+        raise
     return f
 
 
