@@ -835,7 +835,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         print(text)
     if args.write:
-        write_section(SECTION, text)
+        write_section(SECTION, text + "\n")
 
 
 if __name__ == "__main__":
