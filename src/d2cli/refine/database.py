@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from ..colmap.database import open_database, quiet_colmap
@@ -26,6 +25,7 @@ from ..errors import InputNotFound
 from ..images import load_rgb
 from ..io.atomic import write_atomic
 from ..io.features import FeatureFile
+from ..io.h5store import h5_file
 from ..io.journal import JsonJournal
 from ..jobs import ProgressFn, Stage, interruptible
 from .config import RefineConfig
@@ -161,7 +161,7 @@ def _write_features(src: Path, out: Path, refined: dict[str, np.ndarray],
                     config: RefineConfig) -> None:
     with write_atomic(out, fsync=True, need_bytes=2 * src.stat().st_size) as tmp:
         shutil.copyfile(src, tmp)
-        with h5py.File(tmp, "r+") as f:
+        with h5_file(tmp, "r+") as f:
             for n, kp in refined.items():
                 f[n]["keypoints"][...] = kp.astype(np.float32)
             f.attrs["refine_json"] = json.dumps(config.as_dict(), sort_keys=True)
