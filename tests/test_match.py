@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch
 from d2cli.errors import IncompatibleFeatures
 from d2cli.io.features import FeatureFile, MatchFile, pair_key
 from d2cli.io.h5store import list_entries, write_attrs
-from d2cli.match import DescriptorCache, MatchSettings, match, mnn
+from d2cli.match import DescriptorCache, MatchSettings, _read_ahead, _read_in_order, match, mnn
 from d2cli.pairs import pairs_exhaustive
 from d2cli.weights import DEFAULT_MODEL
 
@@ -250,6 +251,28 @@ def test_match_job_same_result_for_any_cache_and_reversed_reading(tmp_path):
     with MatchFile(tmp_path / "old.h5") as mf:
         np.testing.assert_array_equal(mf.get(a, b)[0], fwd)
         np.testing.assert_array_equal(mf.get(b, a)[0], rev)
+
+
+def test_readers_in_order_and_ahead_agree_and_name_a_broken_entry(tmp_path):
+    """The CPU reads in order, a GPU job in a thread ahead: same tensors, same failures."""
+    names = random_features(tmp_path / "f.h5", 4, 30)
+    with h5py.File(tmp_path / "f.h5", "a") as f:
+        del f[names[2]]["descriptors"]  # keypoints but no descriptors
+    pairs = pairs_exhaustive(names)
+    accesses = [(0, n) for p in pairs for n in p]
+    with FeatureFile(tmp_path / "f.h5") as ff:
+        in_order = list(_read_in_order(DescriptorCache([ff], accesses), len(pairs)))
+        ahead = list(_read_ahead(DescriptorCache([ff], accesses), len(pairs), 2,
+                                 threading.Event()))
+    assert len(in_order) == len(ahead) == len(pairs)
+    for (k, a0, a1, err), (k2, b0, b1, err2), (x, y) in zip(in_order, ahead, pairs, strict=True):
+        assert k == k2 and err == err2
+        if names[2] in (x, y):
+            assert names[2] in err and "no descriptors" in err
+        else:
+            assert err is None and torch.equal(a0, b0) and torch.equal(a1, b1)
+    r = match(pairs, tmp_path / "f.h5", tmp_path / "m.h5", device="cpu")
+    assert len(r.failed) == 3 and len(r.matched) == len(pairs) - 3
 
 
 def test_match_records_attrs_and_refuses_other_settings(tmp_path):

@@ -256,7 +256,7 @@ def read_global_descriptors(path: str | os.PathLike) -> tuple[list[str], np.ndar
     if not p.is_file():
         raise InputNotFound(f"{p}: global descriptors file not found")
     with open_h5(p) as h5:
-        names = [n for n in list_entries(h5) if "global_descriptor" in h5[n]]
+        names = list_entries(h5, holding="global_descriptor")
         if not names:
             raise EmptyInput(f"{p}: no <name>/global_descriptor datasets (hloc layout)")
         try:

@@ -62,17 +62,21 @@ class FeatureFile:
         self._h5 = open_h5(self.path)
         self.attrs: dict[str, Any] = read_attrs(self._h5)
         self._names: list[str] | None = None
+        self._name_set: set[str] | None = None
 
     @property
     def names(self) -> list[str]:
+        """The images, in file order (the groups holding ``keypoints``)."""
         if self._names is None:
-            self._names = [n for n in list_entries(self._h5) if "keypoints" in self._h5[n]]
+            self._names = list_entries(self._h5, holding="keypoints")
         return self._names
 
     def __contains__(self, name: str) -> bool:
-        return name in self._h5 and isinstance(self._h5[name], h5py.Group) and (
-            "keypoints" in self._h5[name]
-        )
+        # one walk of the file's headers, then a set: 3 HDF5 lookups per question cost
+        # 70 us, 7 s for the 100k questions of planning 50k pairs
+        if self._name_set is None:
+            self._name_set = set(self.names)
+        return name in self._name_set
 
     def _group(self, name: str) -> h5py.Group:
         if name not in self:
@@ -94,8 +98,12 @@ class FeatureFile:
             raise BadFile(f"{self.path}: entry {name} is malformed ({e})") from None
 
     def descriptors(self, name: str, dtype: Any = np.float32) -> np.ndarray:
-        """(D, N) descriptors of one image."""
-        return self._group(name)["descriptors"][()].astype(dtype, copy=False)
+        """(D, N) descriptors of one image, as ``dtype`` (None: as stored, float16 for d2cli)."""
+        g = self._group(name)
+        if not isinstance(g.get("descriptors"), h5py.Dataset):
+            raise BadFile(f"{self.path}: entry {name} has no descriptors dataset")
+        d = g["descriptors"][()]
+        return d if dtype is None else d.astype(dtype, copy=False)
 
     def keypoints(self, name: str) -> np.ndarray:
         return self._group(name)["keypoints"][()]
@@ -162,7 +170,7 @@ class MatchFile:
         return np.ascontiguousarray(pairs), scores
 
     def keys(self) -> list[str]:
-        return [n for n in list_entries(self._h5) if "matches0" in self._h5[n]]
+        return list_entries(self._h5, holding="matches0")
 
     def close(self) -> None:
         self._h5.close()

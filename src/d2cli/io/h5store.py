@@ -48,22 +48,28 @@ FANOUT = 16  # parts of one level merged into one part of the next level
 HDF5_OVERHEAD = 1 << 20  # headers and attributes of one file, at most, for the space check
 
 
-def list_entries(h5: h5py.Group) -> list[str]:
-    """Names of the leaf groups (groups holding at least one dataset), in file order.
+def list_entries(h5: h5py.Group, holding: str | None = None) -> list[str]:
+    """Names of the leaf groups (groups holding at least one dataset), in file order;
+    with ``holding``, only the groups holding a dataset of that name (``keypoints``).
 
     Walks the object headers through the low-level API: no Python object per group or
-    dataset (the high-level walk took seconds for a matches file of 50k pairs).
+    dataset (the high-level walk took seconds for a matches file of 50k pairs; checking
+    each group for a dataset afterwards took 0.2 ms per group).
     """
     names: list[str] = []
     last = None
+    tail = None if holding is None else b"/" + holding.encode()
 
     def visit(name: bytes, info: Any) -> None:
         nonlocal last
-        if info.type == h5py.h5o.TYPE_DATASET and b"/" in name:
-            parent = name.rsplit(b"/", 1)[0]
-            if parent != last:  # a group's datasets come one after another
-                last = parent
-                names.append(parent)
+        if info.type != h5py.h5o.TYPE_DATASET or b"/" not in name:
+            return
+        if tail is not None and not name.endswith(tail):
+            return
+        parent = name.rsplit(b"/", 1)[0]
+        if parent != last:  # a group's datasets come one after another
+            last = parent
+            names.append(parent)
 
     h5py.h5o.visit(h5.id, visit, info=True)
     seen: set[bytes] = set()
