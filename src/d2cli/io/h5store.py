@@ -24,6 +24,7 @@ length keeps a few dozen part files.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -117,6 +118,44 @@ def h5_file(path: str | os.PathLike, mode: str = "r") -> h5py.File:
         f.close()
         raise
     return f
+
+
+def _libraries() -> tuple[Any, Any] | None:
+    """(H5garbage_collect of the libhdf5 h5py runs on, glibc's malloc_trim), found through
+    this process's memory map; None where either is not there (not Linux/glibc)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libhdf5" in line}
+        hdf5 = [p for p in paths if os.path.basename(p).startswith(("libhdf5-", "libhdf5.so",
+                                                                      "libhdf5_serial.so"))]
+        if len(hdf5) != 1:
+            return None
+        hdf5_lib, libc = ctypes.CDLL(hdf5[0]), ctypes.CDLL("libc.so.6")
+        return (hdf5_lib.H5garbage_collect, libc.malloc_trim)
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBRARIES: list[tuple[Any, Any] | None] = []
+
+
+def release_hdf5_memory() -> None:
+    """Give HDF5's free lists back to the system, after parts are merged.
+
+    HDF5 keeps every block it frees on its own free lists, which glibc cannot return:
+    ``d2 merge`` of a 50k-entry file peaked at 242 MiB; collecting them after each merge
+    of parts (with ``malloc_trim``) keeps it near 170 MiB. A no-op where the libraries
+    cannot be found.
+    """
+    if not _LIBRARIES:
+        _LIBRARIES.append(_libraries())
+    libs = _LIBRARIES[0]
+    if libs is None:
+        return
+    garbage_collect, malloc_trim = libs
+    with h5py.h5.phil:  # h5py's lock: no other thread is inside HDF5 meanwhile
+        garbage_collect()
+    malloc_trim(0)
 
 
 def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
@@ -358,6 +397,7 @@ class H5Store:
         size = sum(s.stat().st_size for s in sources)
         if base is None:
             self._write_h5(target, fill, size)
+            release_hdf5_memory()
             return
         need = size + base.stat().st_size + HDF5_OVERHEAD
         with write_atomic(target, fsync=True, need_bytes=need) as tmp:
@@ -365,6 +405,7 @@ class H5Store:
             with h5_file(tmp, "r+") as f:
                 write_attrs(f, self.attrs)
                 fill(f)
+        release_hdf5_memory()
 
     def _compact(self) -> None:
         """Merge every :data:`FANOUT` parts of one level into one part of the next level.
