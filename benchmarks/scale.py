@@ -407,6 +407,8 @@ class SizeRun:
                            ["sparse-global"], "images", work=n, extra_key="reconstruct")
             if rec.rc == 0:
                 self.correctness["global"] = evaluate_model(self.dir / "sparse-global", scene)
+                if model is None:  # above --map-max: queries go against the global model
+                    model = self.dir / "sparse-global"
         self.save()
         if model is not None and scene.query_names:
             self._localize(scene, model)
@@ -480,7 +482,8 @@ class SizeRun:
                                     "queries.txt", "-p", "pairs-query.txt", "-f", "feats-all.h5",
                                     "-m", "matches-query.h5", "-o", "poses.txt", "-q", "--json"],
                        ["poses.txt", "poses.log"], "queries", "queries", ok_codes=(0, 1))
-        inc = self.correctness.get("incremental", {})
+        inc = self.correctness.get("incremental" if model.name == "sparse" else "global", {})
+        self.correctness["localize_model"] = model.name
         if loc.rc == 0 and "alignment" in inc:  # exit 1 (some queries failed) counts too
             self.correctness["localize"] = evaluate_queries(self.dir / "poses.txt", scene,
                                                             inc["alignment"])
@@ -655,6 +658,8 @@ def correctness_table(results: list[dict[str, Any]]) -> list[str]:
     for c in results:
         inc, glo, loc = c.get("incremental"), c.get("global"), c.get("localize")
         lq = f"{loc['localized']}/{loc['queries']}" if loc else "–"
+        if loc and c.get("localize_model") == "sparse-global":
+            lq += " (global model)"
         le = f"{100 * loc['median_fraction']:.3f} %" if loc and "median_fraction" in loc else "–"
         prec = c.get("match_precision_neighbours")
         share = c.get("inlier_share")
