@@ -48,6 +48,8 @@ from .precision import (
     uses_channels_last,
 )
 from .pyramid import SINGLE_SCALE, Keypoints, extract_multiscale
+from .retrieval import DEFAULT_METHOD as GLOBAL_METHOD
+from .retrieval import METHOD_ATTR, pooled
 from .shard import Shard
 from .weights import ModelInfo, resolve_model
 
@@ -212,10 +214,13 @@ class Extractor:
         # the file's dtype and (C, N) layout on the device: half the bytes to copy back
         # (the same round-to-nearest-even as numpy's cast)
         dtype = getattr(torch, self.settings.descriptor_dtype)
+        stored = desc.to(dtype).t().contiguous().cpu().numpy()
         return Features(
             keypoints=np.ascontiguousarray(ij[:, ::-1]),
-            descriptors=desc.to(dtype).t().contiguous().cpu().numpy(),
+            descriptors=stored,
             scores=scores, scales=scales, image_size=np.array(size_wh, dtype=np.int64),
+            # from the stored descriptors: `d2 global` on the file gives the same vector
+            global_descriptor=pooled(stored, GLOBAL_METHOD),
         )
 
     def __call__(self, rgb: np.ndarray) -> Features:
@@ -226,7 +231,7 @@ class Extractor:
         return {
             "d2cli_version": __version__, "model": self.info.name,
             "model_sha256": self.info.sha256, "settings": self.settings.as_dict(),
-            "image_root": str(image_root),
+            "image_root": str(image_root), METHOD_ATTR: GLOBAL_METHOD,
         }
 
 

@@ -163,6 +163,9 @@ def _load_model(model_dir: str | os.PathLike) -> Any:
 def _best_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest finite scores, best first; ties by lower index."""
     js = np.flatnonzero(np.isfinite(scores))
+    if len(js) > 4 * k:  # keep what reaches the k-th best (ties included): O(N), not a sort
+        v = scores[js]
+        js = js[v >= np.partition(v, len(v) - k)[len(v) - k]]
     return js[np.argsort(-scores[js], kind="stable")][:k]
 
 
@@ -270,15 +273,36 @@ def read_global_descriptors(path: str | os.PathLike) -> tuple[list[str], np.ndar
     return names, np.stack(desc)
 
 
+def read_feature_global_descriptors(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Names and (N, D) float32 global descriptors of a features file (every image's
+    ``<name>/global_descriptor``, written by ``d2 extract`` or ``d2 global``)."""
+    from .retrieval import describe_missing
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFound(f"{p}: features file not found")
+    with FeatureFile(p) as ff:
+        names, have = ff.names, ff.global_names
+    if not names:
+        raise EmptyInput(f"{p}: no images with keypoints")
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise MissingName(describe_missing(p, missing))
+    return read_global_descriptors(p)
+
+
 def pairs_from_retrieval(names: Sequence[str], descriptors: np.ndarray, num_matched: int,
                          queries: Sequence[str] | None = None, refs: Sequence[str] | None = None,
-                         min_score: float = 0.0) -> list[Pair]:
+                         min_score: float = 0.0, whiten: bool = False) -> list[Pair]:
     """Each query with the ``num_matched`` references of most similar global descriptor.
 
     Similarity: dot product of the L2-normalised descriptors (as hloc's
     ``pairs_from_retrieval``); an image is never its own match, references scoring below
     ``min_score`` are not paired, ties go to the earlier reference. Queries and references
     default as in :func:`pairs_exhaustive` (neither given: every image is both).
+    ``whiten``: first whiten all descriptors with a PCA whitening learned from the
+    references' (:func:`d2cli.retrieval.whiten`). Memory: the descriptors plus one block
+    of 1024 x references scores, whatever the number of images.
     """
     if num_matched < 1:
         raise UsageError("num-matched must be >= 1")
@@ -286,11 +310,16 @@ def pairs_from_retrieval(names: Sequence[str], descriptors: np.ndarray, num_matc
     queries, refs = _complete_sides(names, queries, refs)
     if not queries or not refs:
         raise EmptyInput("no query or no reference image to pair")
-    norm = np.linalg.norm(descriptors, axis=1, keepdims=True)
-    unit = np.divide(descriptors, norm, out=np.zeros_like(descriptors), where=norm > 0)
     qi = np.array([index[n] for n in queries])
     ri = np.array([index[n] for n in refs])
-    db = unit[ri].T
+    if whiten:
+        from .retrieval import whiten as whitened
+
+        unit = whitened(descriptors, learn_from=descriptors[ri])
+    else:
+        norm = np.linalg.norm(descriptors, axis=1, keepdims=True)
+        unit = np.divide(descriptors, norm, out=np.zeros_like(descriptors), where=norm > 0)
+    db = np.ascontiguousarray(unit[ri].T)
     pairs: list[Pair] = []
     for start in range(0, len(qi), 1024):  # bounded memory: 1024 x references scores at a time
         block = qi[start:start + 1024]
@@ -303,68 +332,92 @@ def pairs_from_retrieval(names: Sequence[str], descriptors: np.ndarray, num_matc
 
 
 # --------------------------------------------------------------------------- strategies
-PAIR_METHODS = ("exhaustive", "sequential", "retrieval", "file")
+PAIR_METHODS = ("auto", "exhaustive", "sequential", "retrieval", "file")
+# ``auto`` matches every pair up to this many images, retrieval pairs above: at 100 images
+# exhaustive is 4,950 pairs (a few minutes on a 2-core CPU, verification included) and
+# retrieval with K = 20 up to 2,000; from there on the N^2 / 2 pairs soon take hours.
+AUTO_RETRIEVAL_ABOVE = 100
 
 
 @dataclass(frozen=True)
 class PairStrategy:
     """How a pipeline (``d2 sfm``) chooses the pairs among the images that have features.
 
-    ``exhaustive``: all pairs (N^2/2: fine up to a few hundred images); ``sequential``:
-    each image with the next ``overlap`` in name order (video); ``retrieval``: each image
-    with its ``num_matched`` nearest in the global-descriptor file ``descriptors`` (hloc
-    layout, e.g. NetVLAD); ``file``: the pairs of ``file``, as given.
+    ``auto`` (default): ``exhaustive`` up to :data:`AUTO_RETRIEVAL_ABOVE` images, else
+    ``retrieval``. ``exhaustive``: all pairs (N^2/2: fine up to a few hundred images);
+    ``sequential``: each image with the next ``overlap`` in name order (video);
+    ``retrieval``: each image with its ``num_matched`` nearest by global descriptor, from
+    the file ``descriptors`` (hloc layout, e.g. NetVLAD) or, without one, those of the
+    features file itself (:mod:`d2cli.retrieval`); ``file``: the pairs of ``file``, as given.
     """
 
-    method: str = "exhaustive"
+    method: str = "auto"
     overlap: int = 5
     descriptors: str | None = None
     num_matched: int = 20
     file: str | None = None
+    whiten: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in PAIR_METHODS:
             raise UsageError(f"unknown pair method {self.method!r} ({', '.join(PAIR_METHODS)})")
-        if self.method == "retrieval" and self.descriptors is None:
-            raise UsageError("retrieval pairs need a global-descriptor file (--descriptors)")
         if self.method == "file" and self.file is None:
             raise UsageError("pairs from a file need the file (--pairs FILE)")
 
-    def make(self, names: Sequence[str]) -> list[Pair]:
+    def resolved(self, count: int) -> PairStrategy:
+        """``auto`` made concrete for ``count`` images (the others as they are)."""
+        if self.method != "auto":
+            return self
+        method = "retrieval" if count > AUTO_RETRIEVAL_ABOVE else "exhaustive"
+        return PairStrategy(method, self.overlap, self.descriptors, self.num_matched,
+                            self.file, self.whiten)
+
+    def make(self, names: Sequence[str], features: str | os.PathLike | None = None
+             ) -> list[Pair]:
         """The pairs of ``names`` (images with features; pairs naming others are dropped),
-        without self or duplicate pairs: the list of :meth:`pairs`."""
-        return list(self.pairs(names))
+        without self or duplicate pairs: the list of :meth:`pairs`. ``features``: the
+        features file, whose global descriptors ``retrieval`` uses without ``descriptors``."""
+        return list(self.pairs(names, features))
 
-    def pairs(self, names: Sequence[str]) -> Iterator[Pair]:
+    def pairs(self, names: Sequence[str], features: str | os.PathLike | None = None
+              ) -> Iterator[Pair]:
         """:meth:`make` as a stream; exhaustive pairs are generated as they are consumed."""
-        if self.method == "exhaustive":
+        s = self.resolved(len(names))
+        if s.method == "exhaustive":
             return iter_pairs_exhaustive(sorted(names))
-        return iter(self._listed(names))
+        return iter(s._listed(names, features))
 
-    def source(self, names: Sequence[str]) -> Callable[[], Iterator[Pair]]:
+    def source(self, names: Sequence[str], features: str | os.PathLike | None = None
+               ) -> Callable[[], Iterator[Pair]]:
         """A function giving :meth:`pairs` afresh at each call, for readers that need them
         twice: exhaustive pairs are generated again (never held), the others (N x K) are
         computed once, here."""
-        if self.method == "exhaustive":
+        s = self.resolved(len(names))
+        if s.method == "exhaustive":
             ordered = sorted(names)
             return lambda: iter_pairs_exhaustive(ordered)
-        listed = self._listed(names)
+        listed = s._listed(names, features)
         return lambda: iter(listed)
 
-    def _listed(self, names: Sequence[str]) -> list[Pair]:
+    def _listed(self, names: Sequence[str], features: str | os.PathLike | None) -> list[Pair]:
         """The pairs of the methods that pick a few per image (N x K: a list is small)."""
         if self.method == "sequential":
             return list(iter_unique_pairs(pairs_sequential(sorted(names), self.overlap)))
         if self.method == "retrieval":
-            assert self.descriptors is not None
-            all_names, desc = read_global_descriptors(self.descriptors)
+            source = self.descriptors or features
+            if source is None:
+                raise UsageError("retrieval pairs need global descriptors: a features file "
+                                 "or a global-descriptor file (--descriptors)")
+            all_names, desc = (read_global_descriptors(source) if self.descriptors
+                               else read_feature_global_descriptors(source))
             have = set(names)
             keep = [i for i, n in enumerate(all_names) if n in have]
             if len(keep) < len(have):
                 missing = sorted(have - set(all_names))
-                raise MissingName(f"{self.descriptors}: no global descriptor for {len(missing)} "
+                raise MissingName(f"{source}: no global descriptor for {len(missing)} "
                                   f"image(s), e.g. {missing[0]}")
-            return pairs_from_retrieval([all_names[i] for i in keep], desc[keep], self.num_matched)
+            return pairs_from_retrieval([all_names[i] for i in keep], desc[keep],
+                                        self.num_matched, whiten=self.whiten)
         from .io.pairs import read_pairs
 
         assert self.method == "file" and self.file is not None  # exhaustive: see pairs()
@@ -376,7 +429,8 @@ class PairStrategy:
         if self.method == "sequential":
             d["overlap"] = self.overlap
         elif self.method == "retrieval":
-            d.update(descriptors=self.descriptors, num_matched=self.num_matched)
+            d.update(descriptors=self.descriptors or "features file",
+                     num_matched=self.num_matched, whiten=self.whiten)
         elif self.method == "file":
             d["file"] = self.file
         return d

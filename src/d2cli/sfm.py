@@ -31,7 +31,7 @@ from .io.features import FeatureFile
 from .io.pairs import pairs_file_equals
 from .jobs import ProgressFn, Stage, relabel
 from .match import MatchSettings, match
-from .pairs import PairStrategy, save_pairs
+from .pairs import AUTO_RETRIEVAL_ABOVE, PairStrategy, save_pairs
 from .reconstruct import MODEL_FILES, reconstruct
 from .refine import RefineConfig
 from .refine.database import refine_database
@@ -149,7 +149,8 @@ def sfm(
 
     # 2. pairs: every pair of the images that have features
     p = _pairs_step(result, feats, pairs_path, pairs or PairStrategy())
-    status.say(f"pairs: {p['pairs']} pairs of {p['images']} images")
+    status.say(f"pairs: {p['pairs']} pairs of {p['images']} images ({p['method']}"
+               f"{', ' + p['chosen'] if 'chosen' in p else ''})")
 
     # 3. matches
     try:
@@ -197,15 +198,21 @@ def _pairs_step(result: SfmResult, feats: Path, pairs_path: Path,
         image_root = ff.attrs.get("image_root")
     if len(names) < 2:
         raise UsageError(f"{len(names)} image(s) with features: a reconstruction needs at least 2")
+    chosen = strategy.resolved(len(names))
+    why = ""
+    if strategy.method == "auto":
+        why = (f"auto: {len(names)} images "
+               f"{'>' if chosen.method == 'retrieval' else '<='} {AUTO_RETRIEVAL_ABOVE}")
     # streamed: exhaustive pairs of thousands of images are never all in memory
-    pairs = strategy.source(names)
+    pairs = chosen.source(names, feats)
     count = pairs_file_equals(pairs_path, pairs) if pairs_path.is_file() else None
     if count is not None:
         result.skipped.append("pairs")
     else:
-        count = save_pairs(pairs(), pairs_path, method=strategy.method, unique=True).pairs
+        count = save_pairs(pairs(), pairs_path, method=chosen.method, unique=True).pairs
     result.steps["pairs"] = {"out": str(pairs_path), "pairs": count,
-                             "images": len(names), **strategy.as_dict()}
+                             "images": len(names), **chosen.as_dict(),
+                             **({"chosen": why} if why else {})}
     return {**result.steps["pairs"], "image_root": image_root}
 
 

@@ -178,14 +178,18 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @click.option("--max-keypoints", type=int, help="Keep the K highest scores per image.")
 @max_pixels_option
 @decode_option
-@click.option("--pairs-from", type=click.Choice(["exhaustive", "sequential", "retrieval"]),
-              default="exhaustive", show_default=True,
+@click.option("--pairs-from", type=click.Choice(["auto", "exhaustive", "sequential", "retrieval"]),
+              default="auto", show_default=True,
               help="Which pairs to match: all, each image with the next --overlap, or the "
-                   "--num-matched nearest by global descriptor (--descriptors).")
+                   "--num-matched nearest by global descriptor; auto: exhaustive up to "
+                   "100 images, retrieval above (the choice is printed).")
 @click.option("--overlap", default=5, show_default=True, help="sequential: images paired ahead.")
 @click.option("--descriptors", type=click.Path(),
-              help="retrieval: global descriptors (hloc layout: <name>/global_descriptor).")
+              help="retrieval: global descriptors from another tool (hloc layout: "
+                   "<name>/global_descriptor); default: d2's own, in the features file.")
 @click.option("--num-matched", default=20, show_default=True, help="retrieval: pairs per image.")
+@click.option("--whiten", is_flag=True,
+              help="retrieval: whiten the global descriptors (PCA learned from the images).")
 @click.option("--pairs", "pairs_file", type=click.Path(),
               help="Match the pairs of this file instead (names as in the features).")
 @click.option("--ratio", type=float, help="Lowe ratio test in matching, e.g. 0.95.")
@@ -201,7 +205,8 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @json_option
 @command
 def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, max_keypoints,
-            max_pixels, decode, pairs_from, overlap, descriptors, num_matched, pairs_file, ratio, refine,
+            max_pixels, decode, pairs_from, overlap, descriptors, num_matched, whiten, pairs_file,
+            ratio, refine,
             camera_mode, camera_model, camera_params, mapper, intrinsics, threads, seed, device,
             precision, verbose, quiet, as_json) -> int:
     """Images -> COLMAP model: extract, pairs, match, colmap-import, reconstruct.
@@ -215,7 +220,8 @@ def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, ma
     from ..sfm import sfm
 
     strategy = PairStrategy("file" if pairs_file else pairs_from, overlap=overlap,
-                            descriptors=descriptors, num_matched=num_matched, file=pairs_file)
+                            descriptors=descriptors, num_matched=num_matched, file=pairs_file,
+                            whiten=whiten)
     settings = extract_settings(chosen_scales(None, multiscale), max_edge=max_edge,
                                 max_keypoints=max_keypoints, decode=decode, precision=precision)
     with progress(quiet or as_json) as show:

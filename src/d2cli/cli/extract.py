@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..retrieval import DEFAULT_METHOD, GLOBAL_METHODS
 from . import main
 from .common import (
     all_done,
@@ -112,3 +113,32 @@ def merge_cmd(parts, out, remove_parts, as_json) -> int:
         summary_table(f"d2 merge -> {out}", [("parts", len(s["parts"])), ("entries", s["entries"]),
                                             ("identical duplicates", s["identical_duplicates"])])
     return 0
+
+
+@main.command("global")
+@click.argument("features", type=click.Path(path_type=str))
+@click.option("--method", type=click.Choice(GLOBAL_METHODS), default=DEFAULT_METHOD,
+              show_default=True, help="How the local descriptors are pooled.")
+@click.option("--overwrite", is_flag=True, help="Recompute the images that have one already.")
+@quiet_option
+@json_option
+@command
+def global_cmd(features, method, overwrite, quiet, as_json) -> int:
+    """Add a global descriptor (for retrieval) to every image of FEATURES.
+
+    Pooled from the local descriptors already in the file: no images, no network.
+    d2 extract writes them itself; this adds them to files made without them, or
+    with another --method. Then: d2 pairs from-retrieval --features FEATURES -k 20.
+    """
+    from ..retrieval import add_global_descriptors
+
+    with progress(quiet or as_json) as show:
+        r = add_global_descriptors(features, method, overwrite=overwrite, progress=show)
+    s = r.summary()
+    if as_json:
+        print_json(s)
+    else:
+        summary_table(f"d2 global -> {features}", [
+            ("method", method), ("written", s["written"]), ("already there", s["already"]),
+            ("without keypoints (zero vector)", len(s["empty"])), ("time", f"{s['seconds']:.1f} s")])
+    return finish(r, "images")

@@ -111,24 +111,35 @@ def pairs_from_poses_cmd(model_dir, num_matched, max_angle, any_angle, out, as_j
 
 
 @pairs_group.command("from-retrieval")
-@click.option("--descriptors", "-d", required=True, type=click.Path(),
-              help="Global descriptors (hloc layout: <name>/global_descriptor), e.g. NetVLAD.")
+@click.option("--features", "-f", type=click.Path(),
+              help="Use the global descriptors of this features file (d2 extract writes them; "
+                   "d2 global adds them to older files).")
+@click.option("--descriptors", "-d", type=click.Path(),
+              help="Or: global descriptors of another tool (hloc layout: "
+                   "<name>/global_descriptor), e.g. NetVLAD.")
 @click.option("--num-matched", "-k", default=20, show_default=True,
               help="Pair each query with its K most similar references.")
 @query_ref_options
 @click.option("--min-score", default=0.0, show_default=True,
               help="Do not pair below this cosine similarity.")
+@click.option("--whiten", is_flag=True,
+              help="Whiten the descriptors first (PCA learned from the references).")
 @pairs_out
 @command
-def pairs_from_retrieval_cmd(descriptors, num_matched, query_prefix, query_list, ref_prefix,
-                             ref_list, min_score, out, as_json) -> int:
+def pairs_from_retrieval_cmd(features, descriptors, num_matched, query_prefix, query_list,
+                             ref_prefix, ref_list, min_score, whiten, out, as_json) -> int:
     """Top-K retrieval pairs from global descriptors (as hloc's pairs_from_retrieval).
 
     Without --query-*/--ref-* every image is paired with its K nearest other images.
     """
-    from ..pairs import pairs_from_retrieval, read_global_descriptors
+    from ..errors import UsageError
+    from ..pairs import pairs_from_retrieval, read_feature_global_descriptors, read_global_descriptors
 
-    names, desc = read_global_descriptors(descriptors)
+    if (features is None) == (descriptors is None):
+        raise UsageError("give one of --features (d2's own global descriptors) or "
+                         "--descriptors (another tool's)")
+    names, desc = (read_feature_global_descriptors(features) if features
+                   else read_global_descriptors(descriptors))
     queries, refs = _queries_refs(names, query_prefix, query_list, ref_prefix, ref_list)
-    pairs = pairs_from_retrieval(names, desc, num_matched, queries, refs, min_score)
+    pairs = pairs_from_retrieval(names, desc, num_matched, queries, refs, min_score, whiten)
     return _save(pairs, out, "from-retrieval", as_json)

@@ -8,7 +8,10 @@ Features file (``feats.h5``)::
         scores      (N,)   float32
         scales      (N,)   float32   1 / pyramid scale of the detection (2.0, 1.0, 0.5)
         image_size  (2,)   int64     (W, H) of the original image
-    attrs: d2cli_version, model, model_sha256, settings_json, image_root
+        global_descriptor (G,) float32  L2-normalised, for retrieval (hloc's global-feats
+                                     layout; d2cli.retrieval); absent in older files
+    attrs: d2cli_version, model, model_sha256, settings_json, image_root,
+           global_descriptor (the method of the global descriptors, e.g. "gem")
 
 Matches file (``matches.h5``)::
 
@@ -43,9 +46,13 @@ class Features:
     scores: np.ndarray  # (N,) float32
     scales: np.ndarray  # (N,) float32
     image_size: np.ndarray  # (2,) int64, W H
+    global_descriptor: np.ndarray | None = None  # (G,) float32, L2-normalised
 
     def as_arrays(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k) for k in FEATURE_KEYS}
+        arrays = {k: getattr(self, k) for k in FEATURE_KEYS}
+        if self.global_descriptor is not None:
+            arrays["global_descriptor"] = self.global_descriptor
+        return arrays
 
     def __len__(self) -> int:
         return len(self.keypoints)
@@ -71,6 +78,11 @@ class FeatureFile:
             self._names = list_entries(self._h5, holding="keypoints")
         return self._names
 
+    @property
+    def global_names(self) -> set[str]:
+        """The images that have a ``global_descriptor``."""
+        return set(list_entries(self._h5, holding="global_descriptor"))
+
     def __contains__(self, name: str) -> bool:
         # one walk of the file's headers, then a set: 3 HDF5 lookups per question cost
         # 70 us, 7 s for the 100k questions of planning 50k pairs
@@ -93,6 +105,8 @@ class FeatureFile:
                 scores=g["scores"][()] if "scores" in g else np.ones(n, np.float32),
                 scales=g["scales"][()] if "scales" in g else np.ones(n, np.float32),
                 image_size=g["image_size"][()] if "image_size" in g else np.zeros(2, np.int64),
+                global_descriptor=(g["global_descriptor"][()] if "global_descriptor" in g
+                                   else None),
             )
         except (KeyError, OSError) as e:
             raise BadFile(f"{self.path}: entry {name} is malformed ({e})") from None
