@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -207,15 +206,13 @@ def retrieval_cost(out: Path, sizes: tuple[int, ...] = (1000, 10000), k: int = 5
                 for i in range(n):
                     f.create_dataset(f"im{i:06d}.jpg/global_descriptor", data=x[i])
         pairs = out / f"pairs-{n}.txt"
-        t0 = time.perf_counter()
-        pid = os.fork()
-        if pid == 0:  # a fresh child: its own peak RSS
-            os.execv(sys.executable, [*D2, "pairs", "from-retrieval", "-d", str(path),
-                                      "-k", str(k), "-o", str(pairs), "--json"])
-        _, status, usage = os.wait4(pid, 0)
-        wall = time.perf_counter() - t0
-        rows.append({"images": n, "k": k, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-                     "max_rss_mib": usage.ru_maxrss / 1024, "rc": os.waitstatus_to_exitcode(status),
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from scale import run_process  # a small launcher: the child's own peak RSS
+
+        usage, _ = run_process([*D2, "pairs", "from-retrieval", "-d", str(path), "-k", str(k),
+                                "-o", str(pairs), "--json"], out, out / "logs" / f"pairs-{n}")
+        rows.append({"images": n, "k": k, "wall_s": usage.wall, "cpu_s": usage.user + usage.sys,
+                     "max_rss_mib": usage.maxrss_kib / 1024, "rc": usage.rc,
                      "pairs": sum(1 for _ in open(pairs)) if pairs.is_file() else 0})
     return rows
 
@@ -308,14 +305,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "retrieval")
-    ap.add_argument("--skip-sfm", action="store_true")
+    ap.add_argument("--skip-sfm", action="store_true",
+                    help="keep the SfM rows of the last run (its work folders are done)")
     ap.add_argument("--write", action="store_true", help="put the section in docs/benchmarks.md")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     res = {"pool": pool_benchmark(args.data, args.out)}
     print(json.dumps(res["pool"]["rows"], indent=1), flush=True)
     res["cost"] = retrieval_cost(args.out)
-    res["sfm"] = [] if args.skip_sfm else sfm_benchmark(args.data, args.out)
+    old = args.out / "results.json"
+    if args.skip_sfm:  # keep the rows of the last run that had them
+        res["sfm"] = json.loads(old.read_text()).get("sfm", []) if old.is_file() else []
+    else:
+        res["sfm"] = sfm_benchmark(args.data, args.out)
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (args.out / "results.json").write_text(json.dumps(res, indent=1))
     text = tables(res)

@@ -71,6 +71,13 @@ def test_layout_and_attributes(d2, images, tmp_path):
         assert w > 240 or h > 240  # the network saw a resized copy
         norms = np.linalg.norm(g["descriptors"][()].astype(np.float32), axis=0)
         assert np.allclose(norms, 1, atol=2e-3)
+        # the global descriptor for retrieval: GeM of the stored local descriptors
+        from d2cli.retrieval import pooled
+
+        assert f.attrs["global_descriptor"] == "gem"
+        gd = g["global_descriptor"][()]
+        assert gd.dtype == np.float32 and gd.shape == (512,)
+        np.testing.assert_array_equal(gd, pooled(g["descriptors"][()]))
 
 
 def test_resume_skips_and_overwrite_redoes(d2, images, tmp_path):

@@ -163,6 +163,20 @@ def test_sfm_retrieval_pairs_need_every_image_in_the_descriptors(d2, six, tmp_pa
     assert 6 <= len(expected) <= 12  # 2 per image, unordered duplicates dropped
 
 
+def test_sfm_retrieval_pairs_from_d2s_own_descriptors(d2, six, tmp_path):
+    """--pairs-from retrieval with no file: the features file's global descriptors."""
+    from d2cli.pairs import read_feature_global_descriptors
+
+    w = tmp_path / "w"
+    proc = d2("sfm", six, "--out", w, "--max-edge", "200", "--device", "cpu",
+              "--pairs-from", "retrieval", "--num-matched", "2", "--json")
+    assert proc.returncode in (0, 2), proc.stderr  # mapping 2-NN pairs may fail; pairs exist
+    names, d = read_feature_global_descriptors(w / "feats.h5")
+    assert len(names) == 6
+    expected = normalize_pairs(pairs_from_retrieval(names, d, 2))
+    assert read_pairs(w / "pairs.txt") == expected
+
+
 def test_sfm_refine_writes_refined_copies_and_keeps_the_originals(d2, six, tmp_path):
     import h5py
     import pycolmap

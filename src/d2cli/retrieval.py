@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # numpy is imported where used: the CLI reads the names above
 
 GLOBAL_METHODS = ("gem", "mean")
 DEFAULT_METHOD = "gem"
-GEM_P = 3.0
+GEM_P = 3  # the exponent of GeM (Radenovic et al.'s default; fixed, not tuned here)
 # the features file's attribute naming how its global descriptors were made: descriptors
 # of different methods are never compared
 METHOD_ATTR = "global_descriptor"
@@ -52,15 +52,24 @@ def pooled(desc: np.ndarray, method: str = DEFAULT_METHOD) -> np.ndarray:
     if method not in GLOBAL_METHODS:
         raise UsageError(f"unknown global descriptor method {method!r} "
                          f"({', '.join(GLOBAL_METHODS)})")
-    x = np.asarray(desc, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"local descriptors must be (D, N), got shape {x.shape}")
-    if x.shape[1] == 0:
-        return np.zeros(x.shape[0], np.float32)
-    x = np.maximum(x, 0)  # D2's are post-ReLU; other files' negatives must not flip signs
+    desc = np.asarray(desc)
+    if desc.ndim != 2:
+        raise ValueError(f"local descriptors must be (D, N), got shape {desc.shape}")
+    if desc.shape[1] == 0:
+        return np.zeros(desc.shape[0], np.float32)
+    if desc.dtype == np.float16 and desc.dtype.isnative:
+        # numpy's float16 -> float32 cast is scalar code (25 ms for 4k keypoints, as much as
+        # all the rest); torch's is vectorised and exact alike
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(desc)).float().numpy()
+    else:
+        x = np.array(desc, dtype=np.float32)  # a copy: modified in place below
+    np.maximum(x, 0, out=x)  # D2's are post-ReLU; other files' negatives must not flip signs
     if method == "gem":
-        g = np.cbrt(np.mean(x ** 3, axis=1)) if GEM_P == 3.0 else \
-            np.mean(x ** GEM_P, axis=1) ** (1 / GEM_P)
+        c = x * x
+        c *= x  # GEM_P = 3: x^3 by two products, ~5x faster than np.power
+        g = np.cbrt(c.mean(axis=1))
     else:
         g = x.mean(axis=1)
     return _unit(g[None])[0]
