@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -368,9 +368,7 @@ class PairStrategy:
         """``auto`` made concrete for ``count`` images (the others as they are)."""
         if self.method != "auto":
             return self
-        method = "retrieval" if count > AUTO_RETRIEVAL_ABOVE else "exhaustive"
-        return PairStrategy(method, self.overlap, self.descriptors, self.num_matched,
-                            self.file, self.whiten)
+        return replace(self, method="retrieval" if count > AUTO_RETRIEVAL_ABOVE else "exhaustive")
 
     def make(self, names: Sequence[str], features: str | os.PathLike | None = None
              ) -> list[Pair]:
