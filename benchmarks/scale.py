@@ -212,6 +212,7 @@ class Options:
     resume: bool = False
     keep: bool = False
     step_args: dict[str, list[str]] = field(default_factory=dict)
+    skip: list[str] = field(default_factory=list)  # step labels (or label prefixes) not run
     self_calibrate: bool = False
     profile: bool = False
     argv: str = ""  # the command line, for the report
@@ -236,8 +237,13 @@ class SizeRun:
         self.d2 = d2_command()
 
     def save(self) -> None:
+        # recorded rows this run has not reached yet stay in the file: a resumed run that is
+        # stopped early must not forget them (they would be re-run against later outputs)
+        reached = {s.step for s in self.steps}
+        rows = [s.row() for s in self.steps]
+        rows += [r for label, r in self.done.items() if label not in reached]
         tmp = self.results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"size": self.n, "steps": [s.row() for s in self.steps],
+        tmp.write_text(json.dumps({"size": self.n, "steps": rows,
                                    "correctness": self.correctness}, indent=1, default=str))
         os.replace(tmp, self.results_path)
 
@@ -259,6 +265,9 @@ class SizeRun:
         old = self._recorded(label)
         if old is not None:
             return old
+        if self.skipped(label):
+            # not recorded; rc -1 so that the steps needing its output do not run either
+            return Step(self.n, label, "", 0, unit, rc=-1, note="skipped (--skip)")
         extra = self.opts.step_args.get(extra_key or label.split()[0], [])
         log = self.dir / "logs" / re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
         prof = log.with_suffix(".prof") if self.opts.profile and d2 else None
@@ -289,6 +298,10 @@ class SizeRun:
         self.steps.append(step)
         self.save()
         return step
+
+    def skipped(self, label: str) -> bool:
+        """``--skip PREFIX``: the label is PREFIX or starts with PREFIX and a space."""
+        return any(label == p or label.startswith(p + " ") for p in self.opts.skip)
 
     def child(self, label: str, args: Sequence[str], outputs: Sequence[str], unit: str,
               work_key: str) -> Step:
@@ -448,6 +461,8 @@ class SizeRun:
             return
         s = self.child("tracks (child process)", ["tracks", "db.db", "feats.h5"], [], "pairs",
                        "pairs")
+        if s.note == "skipped (--skip)":
+            return
         self.steps.remove(s)
         if s.rc != 0:
             s.step = label_build
@@ -796,6 +811,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--step-args", action="append", default=[], metavar="STEP=ARGS",
                     help="extra arguments of a d2 command, e.g. 'match=--commit-every 1024' "
                          "(STEP: pairs, match, merge, colmap-import, reconstruct, localize)")
+    ap.add_argument("--skip", action="append", default=[], metavar="STEP",
+                    help="a step not to run (its label, or a label prefix before a space), "
+                         "e.g. 'match --shard' or 'floor:'; repeatable")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="work folders (n<N> each)")
     ap.add_argument("--resume", action="store_true", help="keep the steps already recorded")
     ap.add_argument("--keep", action="store_true", help="keep the large intermediate files")
@@ -818,7 +836,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                    overlap=args.overlap, pairs=args.pairs, shards=args.shards,
                    threads=args.threads, seed=args.seed, out=args.out.resolve(),
                    resume=args.resume, keep=args.keep,
-                   step_args=parse_step_args(args.step_args), self_calibrate=args.self_calibrate,
+                   step_args=parse_step_args(args.step_args), skip=args.skip,
+                   self_calibrate=args.self_calibrate,
                    profile=args.profile,
                    argv=shlex.join(a for a in (sys.argv[1:] if argv is None else argv)
                                    if a not in ("--write", "--json", "--resume")))
