@@ -345,7 +345,7 @@ def test_reconstruct_sample_subset(request, which, min_registered):
     assert all((out / f).is_file() for f in MODEL_FILES)
     assert rec.num_reg_images() == s["registered"] and rec.num_points3D() == s["points3D"]
     assert sorted(result.unregistered + result.best.registered_names) == sorted(SUBSET)
-    assert not list(out.parent.glob(f"{out.name}.tmp-*"))  # the scratch folder is gone
+    assert not list(out.parent.glob(f".{out.name}.*.tmp"))  # the scratch folder is gone
 
 
 def test_reconstruct_cli_json_and_no_usable_pairs(d2, work, verified_db, tmp_path):

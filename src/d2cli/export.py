@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError, UsageError
-from .io.atomic import write_atomic
+from .io.atomic import new_temporary_dir, write_atomic
 from .io.colmap_model import read_model
 
 FORMATS = ("txt", "bin", "ply")
@@ -48,19 +48,19 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike,
     else:
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a folder")
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp = None
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = new_temporary_dir(out)
             (rec.write_text if format == "txt" else rec.write_binary)(str(tmp))
             if out.is_dir():  # file by file: other files already in out stay
                 for f in tmp.iterdir():
                     os.replace(f, out / f.name)
             else:
-                out.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, out)
         except OSError as e:
             raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, format, rec.num_reg_images(), rec.num_points3D())

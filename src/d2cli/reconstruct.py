@@ -31,6 +31,7 @@ import pycolmap
 from .colmap.database import open_database, quiet_colmap
 from .colmap.importer import UNUSABLE_CONFIGS
 from .errors import EmptyInput, InputNotFound, OutputError, PartialFailure, UsageError
+from .io.atomic import new_temporary_dir
 from .io.colmap_model import read_model
 from .jobs import ProgressFn, Stage
 
@@ -290,8 +291,7 @@ def reconstruct(
                              f"inlier matches{hint}")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            scratch = Path(str(out).rstrip("/") + f".tmp-{os.getpid()}")
-            scratch.mkdir(parents=True, exist_ok=True)
+            scratch = new_temporary_dir(out)
         except OSError as e:
             raise OutputError(f"{out}: cannot write here ({e.strerror})") from None
         try:

@@ -37,8 +37,9 @@ import pycolmap
 
 from ..errors import BadFile, IncompatibleFeatures, InputNotFound, UsageError
 from ..images import read_image_size
+from ..io.atomic import new_temporary
 from ..io.colmap_model import read_model
-from ..io.features import FeatureFile, MatchFile
+from ..io.features import FeatureFile, MatchFile, colliding_names, collision_error
 from ..io.pairs import normalize_pairs, read_pair_lines, write_pairs
 from ..io.provenance import differences
 from ..jobs import ProgressFn, Stage, interruptible
@@ -127,9 +128,7 @@ def _pairs_from_match_file(
     Keys hold names with '/' replaced by '-' (hloc), so they are mapped back through
     the known names; old ``a_b`` keys are split at the first '_' that gives two names.
     """
-    flat: dict[str, str] = {}
-    for n in names:
-        flat.setdefault(n.replace("/", "-"), n)
+    flat = {n.replace("/", "-"): n for n in names}  # colliding names fail their pairs later
     pairs, unknown = [], []
     for key in mf.keys():
         parts = key.split("/")
@@ -222,6 +221,8 @@ def _mirror_reference_model(result: ImportResult, ff: FeatureFile, db: pycolmap.
         if im.name not in ff:
             result.failed[im.name] = (
                 f"{im.name}: in the reference model but not in features file {ff.path}")
+            continue
+        if im.name in result.failed:  # a malformed entry (_readable_entries)
             continue
         cam = rec.cameras[im.camera_id]
         w, h = ff.image_size(im.name)
@@ -325,13 +326,13 @@ def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
                     reference_model: str | os.PathLike | None, prune: bool,
                     progress: ProgressFn | None) -> list[tuple[str, str]]:
     """Everything but the verification, in one transaction; returns the pairs to verify."""
-    names = sorted(ff.names)
+    names = _readable_entries(result, ff)
     if mf is not None:
         _check_match_provenance(ff, mf)
         if pairs_path is not None:
             wanted = read_pair_lines(pairs_path)
         else:
-            wanted, unknown_keys = _pairs_from_match_file(mf, names)
+            wanted, unknown_keys = _pairs_from_match_file(mf, ff.names)
             for k in unknown_keys:
                 result.failed[k] = f"{k}: in {mf.path} but not in features file {ff.path}"
     else:
@@ -361,6 +362,7 @@ def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
         if mf is None:
             return to_verify
         stage = Stage(progress, "matches", len(pair_list), unit="pairs")
+        collide = colliding_names(ff.names)
         for a, b in pair_list:
             stage.advance(f"{a} {b}")
             bad = [x for x in (a, b) if x not in ff]
@@ -368,13 +370,23 @@ def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
                 for x in bad:
                     result.failed[x] = f"{x}: in the pairs but not in features file {ff.path}"
                 continue
+            if a in result.failed or b in result.failed:  # a malformed entry, reported once
+                continue
+            if a in collide or b in collide:
+                x = a if a in collide else b
+                result.failed[f"{a} {b}"] = f"pair {a} {b}: {collision_error(x, collide[x])}"
+                continue
             if a not in ids or b not in ids:  # a reference model without this image
                 result.outside_model_pairs += 1
                 continue
             if (a, b) not in mf:
                 result.failed[f"{a} {b}"] = f"pair {a} {b}: not in matches file {mf.path}"
                 continue
-            m, _ = mf.get(a, b)
+            try:
+                m, _ = mf.get(a, b, num_kp1=num_kp[b])
+            except BadFile as e:
+                result.failed[f"{a} {b}"] = str(e)
+                continue
             if len(m) and (m[:, 0].max() >= num_kp[a] or m[:, 1].max() >= num_kp[b]):
                 raise IncompatibleFeatures(
                     f"pair {a} {b} in {mf.path} indexes keypoints that {ff.path} does not "
@@ -429,6 +441,21 @@ def _prune_pairs(result: ImportResult, db: pycolmap.Database, keep: set[int]) ->
         if db.exists_two_view_geometry(ia, ib):
             db.delete_two_view_geometry(ia, ib)
         result.removed_pairs += 1
+
+
+def _readable_entries(result: ImportResult, ff: FeatureFile) -> list[str]:
+    """The images whose entries pass the input checks (io/h5safe), sorted; the others are
+    reported in ``result.failed`` and cost only themselves."""
+    names = []
+    for n in sorted(ff.names):
+        try:
+            ff.image_size(n)
+            ff.keypoints(n)
+        except BadFile as e:
+            result.failed[n] = str(e)
+            continue
+        names.append(n)
+    return names
 
 
 def _colmap_keypoints(ff: FeatureFile, name: str) -> np.ndarray:
@@ -491,7 +518,7 @@ def _verify(result: ImportResult, pairs: list[tuple[str, str]],
             progress: ProgressFn | None) -> None:
     """pycolmap verification of the given pairs, in batches (progress, Ctrl-C between them)."""
     db_path = result.database
-    tmp = db_path.with_name(f".{db_path.name}.verify-{os.getpid()}.txt")
+    tmp = new_temporary(db_path.with_name(db_path.name + ".verify"), ".txt")
     options = pycolmap.TwoViewGeometryOptions(**VERIFY_OPTIONS)
     stage = Stage(progress, "verify", unit="pairs")
     stage.start(len(pairs))

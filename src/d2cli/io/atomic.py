@@ -7,8 +7,10 @@ half of one; a failure (full disk, no permission, a folder in the way) is one
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,11 +49,12 @@ def write_atomic(path: str | os.PathLike, *, fsync: bool = False, suffix: str = 
     cannot fit (:func:`check_space`).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if need_bytes is not None:
             check_space(path, need_bytes)
+        tmp = new_temporary(path, suffix)
         yield tmp
         if fsync:
             fd = os.open(tmp, os.O_RDONLY)
@@ -68,7 +71,44 @@ def write_atomic(path: str | os.PathLike, *, fsync: bool = False, suffix: str = 
         why = str(e).split("error message = ")[-1].strip("')") or str(e)
         raise OutputError(f"{path}: cannot write ({why})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (os.umask can only read it by setting it, which
+    would race with the store's writer thread creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_temporary(path: Path, suffix: str = "") -> Path:
+    """A new, empty temporary file beside ``path``, created exclusively under an
+    unpredictable name (``O_EXCL``: never a file or link someone else planted), with the
+    mode the final file should have."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # what open(..., "w") would give
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
+def new_temporary_dir(path: Path) -> Path:
+    """A new folder beside ``path``, created exclusively under an unpredictable name
+    (``mkdtemp``), with the mode a plain ``mkdir`` would give."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:

@@ -24,6 +24,7 @@ Matches file (``matches.h5``)::
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ import h5py
 import numpy as np
 
 from ..errors import BadFile, MissingName
+from . import h5safe
 from .h5store import list_entries, open_h5, read_attrs
+
+# what a features entry may hold (io/h5safe): keypoints at most this far outside the
+# image (pixel centres and sub-pixel refinement stay well inside it); image sides up to
+# this many pixels (a 2^62-pixel-wide camera is a hostile file, not a photo)
+KEYPOINT_MARGIN = 2.0
+MAX_IMAGE_SIDE = 1 << 20
 
 FEATURE_KEYS = ("keypoints", "descriptors", "scores", "scales", "image_size")
 
@@ -97,35 +105,75 @@ class FeatureFile:
 
     def __getitem__(self, name: str) -> Features:
         g = self._group(name)
-        try:
-            n = g["keypoints"].shape[0]
-            return Features(
-                keypoints=g["keypoints"][()],
-                descriptors=g["descriptors"][()],
-                scores=g["scores"][()] if "scores" in g else np.ones(n, np.float32),
-                scales=g["scales"][()] if "scales" in g else np.ones(n, np.float32),
-                image_size=g["image_size"][()] if "image_size" in g else np.zeros(2, np.int64),
-                global_descriptor=(g["global_descriptor"][()] if "global_descriptor" in g
-                                   else None),
-            )
-        except (KeyError, OSError) as e:
-            raise BadFile(f"{self.path}: entry {name} is malformed ({e})") from None
+        kp = self._keypoints(g)
+        n = len(kp)
+        scores = h5safe.read(g, "scores", ndim=1)
+        scales = h5safe.read(g, "scales", ndim=1)
+        for key, a in (("scores", scores), ("scales", scales)):
+            if a is not None and len(a) != n:
+                raise BadFile(f"{self.path}: entry {name}/{key} has {len(a)} values for {n} "
+                              "keypoints")
+        return Features(
+            keypoints=kp,
+            descriptors=self._descriptors(g, n),
+            scores=np.ones(n, np.float32) if scores is None else scores,
+            scales=np.ones(n, np.float32) if scales is None else scales,
+            image_size=np.asarray(self._image_size(g), np.int64),
+            global_descriptor=h5safe.read(g, "global_descriptor", ndim=1),
+        )
 
     def descriptors(self, name: str, dtype: Any = np.float32) -> np.ndarray:
         """(D, N) descriptors of one image, as ``dtype`` (None: as stored, float16 for d2cli)."""
         g = self._group(name)
-        if not isinstance(g.get("descriptors"), h5py.Dataset):
-            raise BadFile(f"{self.path}: entry {name} has no descriptors dataset")
-        d = g["descriptors"][()]
+        kp = h5safe.dataset(g, "keypoints")
+        d = self._descriptors(g, None if kp is None else kp.shape[0])
         return d if dtype is None else d.astype(dtype, copy=False)
 
     def keypoints(self, name: str) -> np.ndarray:
-        return self._group(name)["keypoints"][()]
+        """(N, 2) keypoints of one image, checked (finite, inside the image when its size is known)."""
+        return self._keypoints(self._group(name))
 
     def image_size(self, name: str) -> tuple[int, int]:
         """(W, H) of an image, without reading its descriptors; (0, 0) if not recorded."""
-        g = self._group(name)
-        return (int(g["image_size"][0]), int(g["image_size"][1])) if "image_size" in g else (0, 0)
+        return self._image_size(self._group(name))
+
+    # -- checked reads of one entry (io/h5safe: nothing in an input is trusted) ----------------
+    def _where(self, g: h5py.Group) -> str:
+        return f"{self.path}: entry {g.name.lstrip('/')}"
+
+    def _image_size(self, g: h5py.Group) -> tuple[int, int]:
+        size = h5safe.read(g, "image_size", kind="fiu", ndim=1)
+        if size is None:
+            return (0, 0)
+        if size.shape != (2,) or not ((size >= 0) & (size <= MAX_IMAGE_SIDE)).all():
+            raise BadFile(f"{self._where(g)}/image_size is {size.tolist()}, expected (W, H) "
+                          f"of at most {MAX_IMAGE_SIDE} pixels each")
+        return int(size[0]), int(size[1])
+
+    def _keypoints(self, g: h5py.Group) -> np.ndarray:
+        kp = h5safe.require(g, "keypoints", ndim=2)
+        if kp.shape[1] != 2:
+            raise BadFile(f"{self._where(g)}/keypoints has shape {kp.shape}, expected (N, 2)")
+        d = h5safe.dataset(g, "descriptors")  # its shape only: an entry that agrees with itself
+        if d is not None and (d.ndim != 2 or d.shape[1] != len(kp)):
+            raise BadFile(f"{self._where(g)}/descriptors has shape {d.shape}, expected "
+                          f"(D, {len(kp)}) for its {len(kp)} keypoints")
+        w, h = self._image_size(g)
+        if w and h and len(kp):
+            lo, hi = kp.min(0), kp.max(0)
+            if (lo < -KEYPOINT_MARGIN).any() or hi[0] > w + KEYPOINT_MARGIN or hi[1] > h + KEYPOINT_MARGIN:
+                raise BadFile(f"{self._where(g)}/keypoints lie outside the {w}x{h} image "
+                              f"(x {lo[0]:g}..{hi[0]:g}, y {lo[1]:g}..{hi[1]:g})")
+        return kp
+
+    def _descriptors(self, g: h5py.Group, n: int | None) -> np.ndarray:
+        d = h5safe.read(g, "descriptors", ndim=2)
+        if d is None:
+            raise BadFile(f"{self._where(g)} has no descriptors dataset")
+        if n is not None and d.shape[1] != n:
+            raise BadFile(f"{self._where(g)}/descriptors has shape {d.shape}, expected (D, {n}) "
+                          f"for its {n} keypoints")
+        return d
 
     def close(self) -> None:
         self._h5.close()
@@ -140,6 +188,27 @@ class FeatureFile:
 def pair_key(name0: str, name1: str, sep: str = "/") -> str:
     """hloc's key of a pair in a matches file."""
     return name0.replace("/", "-") + sep + name1.replace("/", "-")
+
+
+def colliding_names(names: Iterable[str]) -> dict[str, str]:
+    """The names whose pair keys collide (``sub/a.jpg`` and ``sub-a.jpg`` both give
+    ``sub-a.jpg``), each mapped to the other name; empty when the keys are unambiguous.
+
+    A matches file cannot tell such images apart: their pairs must fail, naming both,
+    rather than be stored or read under the other image's key."""
+    first: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for n in names:
+        other = first.setdefault(n.replace("/", "-"), n)
+        if other != n:
+            out.setdefault(n, other)
+            out.setdefault(other, n)
+    return out
+
+
+def collision_error(name: str, other: str) -> str:
+    return (f"{name}: its pair key {name.replace('/', '-')!r} is also {other}'s (matches files "
+            "write '/' as '-', as hloc does); rename one of the two images")
 
 
 class MatchFile:
@@ -172,8 +241,15 @@ class MatchFile:
             raise MissingName(f"pair {name0} {name1}: not in matches file {self.path}")
         key, rev = found
         g = self._h5[key]
-        m0 = g["matches0"][()].astype(np.int64)
-        sc = g["matching_scores0"][()] if "matching_scores0" in g else np.ones(len(m0), np.float32)
+        m0 = h5safe.require(g, "matches0", kind="iu", ndim=1).astype(np.int64)
+        sc = h5safe.read(g, "matching_scores0", ndim=1)
+        sc = np.ones(len(m0), np.float32) if sc is None else sc
+        where = f"{self.path}: entry {key}"
+        if len(sc) != len(m0):
+            raise BadFile(f"{where}: {len(sc)} matching scores for {len(m0)} matches")
+        if len(m0) and (m0.min() < -1 or (num_kp1 is not None and m0.max() >= num_kp1)):
+            raise BadFile(f"{where}/matches0 indexes keypoints {m0.min()}..{m0.max()}"
+                          + (f", image 1 has {num_kp1}" if num_kp1 is not None else ""))
         idx0 = np.flatnonzero(m0 >= 0)
         pairs = np.stack([idx0, m0[idx0]], 1)
         scores = sc[idx0].astype(np.float32)

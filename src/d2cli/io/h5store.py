@@ -28,6 +28,7 @@ import ctypes
 import json
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -83,7 +84,10 @@ def read_attrs(h5: h5py.File) -> dict[str, Any]:
         if isinstance(v, bytes):
             v = v.decode()
         if isinstance(v, str) and k.endswith("_json"):
-            v = json.loads(v)
+            try:
+                v = json.loads(v)
+            except ValueError:
+                raise BadFile(f"{h5.filename}: attribute {k} is not valid JSON") from None
             k = k[: -len("_json")]
         elif isinstance(v, np.generic):
             v = v.item()
@@ -290,7 +294,22 @@ class H5Store:
             raise
         return self
 
+    def _check_parts_dir(self) -> None:
+        """Refuse a parts folder that is not a plain folder of this user's: a planted
+        symlink would make d2 delete files elsewhere and merge foreign parts."""
+        try:
+            st = os.lstat(self.parts_dir)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{self.parts_dir}: is not a folder (a link or a file) where d2 "
+                              "keeps its parts; remove it")
+        if st.st_uid != os.getuid():
+            raise OutputError(f"{self.parts_dir}: belongs to another user; remove it or use "
+                              "another --out")
+
     def _open(self) -> None:
+        self._check_parts_dir()
         for tmp in list(self.parts_dir.glob("*.tmp")) if self.parts_dir.is_dir() else []:
             tmp.unlink()  # a part that was being written when a run died
         if self.fresh:
@@ -355,6 +374,7 @@ class H5Store:
         if self._buffer:
             self._wait_writer()
             self.parts_dir.mkdir(parents=True, exist_ok=True)
+            self._check_parts_dir()  # again: one could have been planted since _open
             part = self._new_part(0)
             buffer, self._buffer = self._buffer, {}
             self._done.update(buffer)

@@ -19,7 +19,7 @@ def exclusive_lock(lock_path: Path, busy: str, unwritable: str, remove: bool = T
     created; ``remove`` deletes the lock file on a clean release.
     """
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never a planted link
     except OSError as e:
         raise OutputError(f"{unwritable} ({e.strerror})") from None
     try:

@@ -148,22 +148,35 @@ def iter_pair_lines(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
 
 def _pair_lines(p: Path) -> Iterator[tuple[str, str]]:
     lineno = 0
-    with p.open() as f:
-        for raw in f:
-            # splitlines: the same line breaks (and line numbers) as reading the whole text
-            for line in raw.splitlines():
-                lineno += 1
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                parts = line.split()
-                if len(parts) < 2:
-                    raise BadFile(f"{p}:{lineno}: expected 'name0 name1', got {line!r}")
-                if len(parts) > 2 and any(not _is_number(x) for x in parts[2:]):
-                    # a third name is a mistake, not a column
-                    raise BadFile(f"{p}:{lineno}: expected 'name0 name1' (numeric columns after "
-                                  f"them are ignored), got {line!r}")
-                yield parts[0], parts[1]
+    try:
+        with p.open(encoding="utf-8") as f:
+            for raw in f:
+                if "\x00" in raw:
+                    raise BadFile(f"{p}:{lineno + 1}: not a text pairs file (NUL bytes: binary "
+                                  "or UTF-16?)")
+                # splitlines: the same line breaks (and line numbers) as reading the whole text
+                for line in raw.splitlines():
+                    lineno += 1
+                    pair = _pair_of_line(p, lineno, line)
+                    if pair is not None:
+                        yield pair
+    except UnicodeDecodeError as e:
+        raise BadFile(f"{p}:{lineno + 1}: not a UTF-8 text pairs file (byte {e.start} of the "
+                      "line: binary or UTF-16?)") from None
+
+
+def _pair_of_line(p: Path, lineno: int, line: str) -> tuple[str, str] | None:
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    parts = line.split()
+    if len(parts) < 2:
+        raise BadFile(f"{p}:{lineno}: expected 'name0 name1', got {line!r}")
+    if len(parts) > 2 and any(not _is_number(x) for x in parts[2:]):
+        # a third name is a mistake, not a column
+        raise BadFile(f"{p}:{lineno}: expected 'name0 name1' (numeric columns after "
+                      f"them are ignored), got {line!r}")
+    return parts[0], parts[1]
 
 
 def write_pairs(path: str | os.PathLike, pairs: Iterable[tuple[str, str]], *,

@@ -1,0 +1,248 @@
+"""Hostile and careless inputs (issue 29): each test makes the attack or the fault for real.
+
+Real symlinks planted where d2 writes, real HDF5 files with external storage, external
+links and declared shapes they do not hold, real colliding image names, real binary pairs
+files; the real ``d2`` process runs on them. What must hold: no file outside the output is
+read or written, nothing huge is allocated, one bad entry fails only its items, and the
+error is one line naming the file and the entry (``--json``: one object), never exit 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from d2cli.errors import BadFile
+from d2cli.io.atomic import write_text_atomic
+from d2cli.io.features import FeatureFile, MatchFile
+from d2cli.io.h5store import write_attrs
+from d2cli.io.pairs import read_pairs
+
+ATTRS = {"model": "hed-vgg16", "model_sha256": "ab" * 32, "settings": {"max_edge": 1600}}
+CAMERA = ["--camera-model", "PINHOLE", "--camera-params", "500,500,320,240"]
+
+
+def entry(f: h5py.File, name: str, n: int = 60, seed: int = 0, **override) -> h5py.Group:
+    """One image in the extractor's layout; ``override`` replaces (None: drops) a dataset."""
+    rng = np.random.default_rng(seed)
+    d = rng.standard_normal((128, n)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=0)
+    arrays = {"keypoints": (rng.random((n, 2)) * [630, 470]).astype(np.float32),
+              "descriptors": d.astype(np.float16), "scores": np.ones(n, np.float32),
+              "scales": np.ones(n, np.float32), "image_size": np.array([640, 480])}
+    arrays.update(override)
+    g = f.create_group(name)
+    for k, v in arrays.items():
+        if v is not None:
+            g[k] = v
+    return g
+
+
+def features(path: Path, names: list[str], **per_name) -> Path:
+    """A features file of ``names`` (similar descriptors: they match); ``per_name[name]``
+    is a function ``(file, name) -> None`` that writes that entry instead."""
+    with h5py.File(path, "w") as f:
+        write_attrs(f, ATTRS)
+        for k, n in enumerate(names):
+            maker = per_name.get(n.replace("/", "_").replace(".", "_"))
+            if maker is not None:
+                maker(f, n)
+            else:
+                entry(f, n, seed=k % 2)
+    return path
+
+
+def json_of(proc) -> dict:
+    out = json.loads(proc.stdout)
+    assert isinstance(out, dict)
+    return out
+
+
+def assert_one_line(proc) -> None:
+    assert proc.returncode != 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert len([x for x in proc.stderr.splitlines() if x.startswith("d2: error")]) <= 1
+
+
+# ------------------------------------------------------------------ 1. temporary files
+def test_planted_temporary_links_are_never_followed(tmp_path, d2):
+    """Another user plants ``.pairs.txt.<pid>.tmp -> victim`` for the next pids (the old
+    predictable name): the victim stays as it was and pairs.txt is d2's own plain file."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "names.txt").write_text("a.jpg\nb.jpg\nc.jpg\n")
+    out = tmp_path / "pairs.txt"
+    start = os.getpid()
+    for pid in range(start, start + 400):
+        os.symlink(victim, tmp_path / f".pairs.txt.{pid}.tmp")
+    proc = d2("pairs", "exhaustive", "--image-list", tmp_path / "names.txt", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    write_text_atomic(out, "a.jpg b.jpg\n")  # the API, in this very process (pid planted)
+    assert victim.read_text() == "precious\n"
+    assert out.is_file() and not out.is_symlink() and out.read_text() == "a.jpg b.jpg\n"
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".pairs.txt.")
+                 and not p.is_symlink()]
+    assert not leftovers
+
+
+def test_a_planted_parts_folder_is_refused_and_nothing_there_is_touched(tmp_path, d2):
+    feats = features(tmp_path / "feats.h5", ["a.jpg", "b.jpg"])
+    (tmp_path / "pairs.txt").write_text("a.jpg b.jpg\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.tmp").write_text("not d2's")
+    with h5py.File(elsewhere / "part-00000001-L0-1.h5", "w") as f:
+        f.create_group("foreign.jpg").create_dataset("matches0", data=np.zeros(3, np.int16))
+    os.symlink(elsewhere, tmp_path / "matches.h5.parts")
+    proc = d2("match", "-p", tmp_path / "pairs.txt", "-f", feats, "-o", tmp_path / "matches.h5",
+              "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert "matches.h5.parts" in json_of(proc)["error"]
+    assert (elsewhere / "keep.tmp").read_text() == "not d2's"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.tmp", "part-00000001-L0-1.h5"]
+    assert not (tmp_path / "matches.h5").exists()
+
+
+# ------------------------------------------------------------------ 2. data in other files
+def _external_storage(f: h5py.File, name: str, secret: Path) -> None:
+    g = entry(f, name, descriptors=None)
+    g.create_dataset("descriptors", shape=(128, 60), dtype=np.float16,
+                     external=[(str(secret), 0, 128 * 60 * 2)])
+
+
+def test_external_storage_links_and_virtual_datasets_are_refused(tmp_path, d2):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"TOP-SECRET" * 4000)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["d"] = np.ones((128, 60), np.float16)
+
+    def external_link(f, name):
+        entry(f, name, descriptors=None)["descriptors"] = h5py.ExternalLink(
+            str(tmp_path / "other.h5"), "/d")
+
+    def virtual(f, name):
+        layout = h5py.VirtualLayout(shape=(128, 60), dtype=np.float16)
+        layout[:] = h5py.VirtualSource(str(tmp_path / "other.h5"), "d", shape=(128, 60))
+        entry(f, name, descriptors=None).create_virtual_dataset("descriptors", layout)
+
+    feats = features(tmp_path / "feats.h5", ["a.jpg", "b.jpg", "ext.jpg", "link.jpg", "vds.jpg"],
+                     ext_jpg=lambda f, n: _external_storage(f, n, secret),
+                     link_jpg=external_link, vds_jpg=virtual)
+    (tmp_path / "pairs.txt").write_text("a.jpg b.jpg\na.jpg ext.jpg\na.jpg link.jpg\n"
+                                        "a.jpg vds.jpg\n")
+    proc = d2("match", "-p", tmp_path / "pairs.txt", "-f", feats, "-o", tmp_path / "m.h5",
+              "--json")
+    assert proc.returncode == 1, proc.stderr  # the clean pair is matched, the others fail
+    failed = json_of(proc)["failed"]
+    assert set(failed) == {"a.jpg ext.jpg", "a.jpg link.jpg", "a.jpg vds.jpg"}
+    assert "ext.jpg/descriptors keeps its data in external files" in failed["a.jpg ext.jpg"]
+    assert "external link" in failed["a.jpg link.jpg"]
+    assert "virtual dataset" in failed["a.jpg vds.jpg"]
+    assert b"TOP-SECRET" not in (tmp_path / "m.h5").read_bytes()
+    with MatchFile(tmp_path / "m.h5") as mf:
+        assert mf.keys() == ["a.jpg/b.jpg"]
+    # colmap-import reads keypoints: the same entries fail there, the others are imported
+    proc = d2("colmap-import", tmp_path / "db.db", "-f", feats, "-m", tmp_path / "m.h5",
+              *CAMERA, "--no-verify", "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert set(json_of(proc)["failed"]) == {"ext.jpg", "link.jpg", "vds.jpg"}
+    assert json_of(proc)["database_stats"]["matched_pairs"] == 1
+
+
+# ------------------------------------------------------------------ 3. colliding pair keys
+def test_images_whose_pair_keys_collide_fail_by_name_instead_of_swapping_matches(tmp_path, d2):
+    names = ["x.jpg", "y.jpg", "sub/a.jpg", "sub-a.jpg"]
+    feats = features(tmp_path / "feats.h5", names)
+    (tmp_path / "pairs.txt").write_text("x.jpg y.jpg\nx.jpg sub/a.jpg\nx.jpg sub-a.jpg\n")
+    proc = d2("match", "-p", tmp_path / "pairs.txt", "-f", feats, "-o", tmp_path / "m.h5",
+              "--json")
+    assert proc.returncode == 1, proc.stderr
+    failed = json_of(proc)["failed"]
+    assert set(failed) == {"x.jpg sub/a.jpg", "x.jpg sub-a.jpg"}
+    assert "sub/a.jpg" in failed["x.jpg sub-a.jpg"] and "sub-a.jpg" in failed["x.jpg sub-a.jpg"]
+    with MatchFile(tmp_path / "m.h5") as mf:
+        assert mf.keys() == ["x.jpg/y.jpg"]
+    # a matches file made elsewhere (hloc) holds the ambiguous key: import fails that pair
+    with h5py.File(tmp_path / "m.h5", "a") as f:
+        f.create_group("x.jpg/sub-a.jpg").create_dataset("matches0", data=np.arange(60, dtype=np.int16))
+    proc = d2("colmap-import", tmp_path / "db.db", "-f", feats, "-m", tmp_path / "m.h5", *CAMERA,
+              "--no-verify", "--json")
+    assert proc.returncode == 1, proc.stderr
+    out = json_of(proc)
+    assert [k for k in out["failed"] if " " in k] and out["database_stats"]["matched_pairs"] == 1
+    assert all("rename one of the two images" in v for k, v in out["failed"].items() if " " in k)
+
+
+# ------------------------------------------------------------------ 7, 8. malformed contents
+def _hostile_entries() -> dict:
+    def huge(f, n):  # a million keypoints declared, a kilobyte stored
+        g = entry(f, n, keypoints=None)
+        g.create_dataset("keypoints", shape=(1_000_000, 2), dtype=np.float32, chunks=(1000, 2))
+
+    def huge_descriptors(f, n):
+        g = entry(f, n, descriptors=None)
+        g.create_dataset("descriptors", shape=(512, 1 << 20), dtype=np.float32, chunks=(8, 1024))
+
+    return {
+        "nan_jpg": lambda f, n: entry(f, n, descriptors=np.full((128, 60), np.nan, np.float16)),
+        "far_jpg": lambda f, n: entry(f, n, keypoints=np.full((60, 2), 1e9, np.float32)),
+        "nankp_jpg": lambda f, n: entry(f, n, keypoints=np.full((60, 2), np.nan, np.float32)),
+        "wide_jpg": lambda f, n: entry(f, n, image_size=np.array([2 ** 62, 480])),
+        "huge_jpg": huge,
+        "hugedesc_jpg": huge_descriptors,
+        "scalar_jpg": lambda f, n: entry(f, n, descriptors=np.float16(1.0)),
+        "intkp_jpg": lambda f, n: entry(f, n, keypoints=np.zeros((60, 2), np.int32)),
+        "rank_jpg": lambda f, n: entry(f, n, keypoints=np.zeros((60, 2, 1), np.float32)),
+        "strings_jpg": lambda f, n: entry(f, n, keypoints=np.array([b"x"] * 60)),
+    }
+
+
+BAD = ["nan.jpg", "far.jpg", "nankp.jpg", "wide.jpg", "huge.jpg", "hugedesc.jpg", "scalar.jpg",
+       "intkp.jpg", "rank.jpg", "strings.jpg"]
+
+
+def test_malformed_entries_fail_alone_with_their_name(tmp_path, d2):
+    feats = features(tmp_path / "feats.h5", ["a.jpg", "b.jpg", *BAD], **_hostile_entries())
+    with FeatureFile(feats) as ff:
+        for name in BAD:
+            with pytest.raises(BadFile, match=name):
+                ff[name]
+        assert len(ff["a.jpg"]) == 60
+    (tmp_path / "pairs.txt").write_text("a.jpg b.jpg\n" + "".join(f"a.jpg {n}\n" for n in BAD))
+    proc = d2("match", "-p", tmp_path / "pairs.txt", "-f", feats, "-o", tmp_path / "m.h5",
+              "--json")
+    assert_one_line(proc)
+    out = json_of(proc)
+    assert proc.returncode == 1 and "a.jpg b.jpg" not in out["failed"]
+    # the pairs whose descriptors are bad fail in match (keypoints are import's business)
+    for name in ("nan.jpg", "huge.jpg", "hugedesc.jpg", "scalar.jpg"):
+        assert name in out["failed"][f"a.jpg {name}"]
+    proc = d2("colmap-import", tmp_path / "db.db", "-f", feats, "-m", tmp_path / "m.h5", *CAMERA,
+              "--no-verify", "--json")
+    assert_one_line(proc)
+    out = json_of(proc)
+    assert proc.returncode == 1
+    assert set(BAD) - {"nan.jpg"} <= set(out["failed"])  # NaN descriptors: not read by import
+    assert out["database_stats"]["images"] == 3 and out["database_stats"]["matched_pairs"] >= 1
+    assert out["database_stats"]["keypoints"] == 180
+
+
+def test_bad_attributes_and_pairs_files_are_one_line_errors(tmp_path, d2):
+    feats = features(tmp_path / "feats.h5", ["a.jpg", "b.jpg"])
+    pairs = tmp_path / "pairs.txt"
+    for content in ("a.jpg b.jpg\n".encode("utf-16"), os.urandom(200), b"a.jpg\x00 b.jpg\n"):
+        pairs.write_bytes(content)
+        with pytest.raises(BadFile, match="pairs.txt"):
+            read_pairs(pairs)
+        proc = d2("match", "-p", pairs, "-f", feats, "-o", tmp_path / "m.h5", "--json")
+        assert proc.returncode == 2 and "pairs.txt" in json_of(proc)["error"], proc.stderr
+    pairs.write_text("a.jpg b.jpg\n")
+    with h5py.File(feats, "a") as f:
+        f.attrs["settings_json"] = "{not json"
+    proc = d2("match", "-p", pairs, "-f", feats, "-o", tmp_path / "m.h5", "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert "settings_json" in json_of(proc)["error"]
