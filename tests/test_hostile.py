@@ -246,3 +246,55 @@ def test_bad_attributes_and_pairs_files_are_one_line_errors(tmp_path, d2):
     proc = d2("match", "-p", pairs, "-f", feats, "-o", tmp_path / "m.h5", "--json")
     assert proc.returncode == 2, proc.stderr
     assert "settings_json" in json_of(proc)["error"]
+
+
+# ------------------------------------------------------------------ 9, 5. paths and special files
+FAST = ["--max-edge", "160", "--device", "cpu", "--json"]
+
+
+@pytest.fixture()
+def photo_root(tmp_path, samples_dir) -> Path:
+    """root/ with one photo; outside.jpg beside root/ (a file d2 must never read)."""
+    import shutil
+
+    root = tmp_path / "root"
+    root.mkdir()
+    src = sorted(samples_dir.glob("*.jpg"))[0]
+    shutil.copy(src, root / "a.jpg")
+    shutil.copy(src, tmp_path / "outside.jpg")
+    return root
+
+
+def test_image_list_names_leaving_the_root_fail_alone(photo_root, tmp_path, d2):
+    outside = tmp_path / "outside.jpg"
+    os.symlink(outside, photo_root / "link.jpg")
+    (photo_root / "with space.jpg").write_bytes((photo_root / "a.jpg").read_bytes())
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# my images\na.jpg\n../outside.jpg\n{outside}\nlink.jpg\nwith space.jpg\n")
+    proc = d2("extract", "--image-list", lst, "--image-root", photo_root, "--out",
+              tmp_path / "f.h5", *FAST)
+    assert proc.returncode == 1, proc.stderr
+    out = json_of(proc)
+    assert out["extracted"] == 1
+    assert set(out["failed"]) == {"../outside.jpg", str(outside), "link.jpg", "with space.jpg"}
+    assert "leaves the image root" in out["failed"]["../outside.jpg"]
+    assert "outside the image root" in out["failed"]["link.jpg"]
+    # a folder with the same link and name: the same two fail, the photo is extracted
+    proc = d2("extract", photo_root, "--out", tmp_path / "g.h5", *FAST)
+    assert proc.returncode == 1, proc.stderr
+    out = json_of(proc)
+    assert out["extracted"] == 1 and len(out["failed"]) == 2
+    with FeatureFile(tmp_path / "g.h5") as ff:
+        assert ff.names == ["a.jpg"]
+
+
+def test_a_fifo_given_as_an_image_fails_alone_without_being_opened(photo_root, tmp_path, d2):
+    os.mkfifo(photo_root / "fifo.jpg")  # opening it would block until a writer comes
+    proc = d2("extract", photo_root / "a.jpg", photo_root / "fifo.jpg", "--out",
+              tmp_path / "f.h5", *FAST, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "is a FIFO" in json_of(proc)["failed"]["fifo.jpg"]
+    (tmp_path / "list.txt").write_text("a.jpg\nfifo.jpg\n")
+    proc = d2("extract", "--image-list", tmp_path / "list.txt", "--image-root", photo_root,
+              "--out", tmp_path / "g.h5", *FAST, timeout=120)
+    assert proc.returncode == 1 and list(json_of(proc)["failed"]) == ["fifo.jpg"], proc.stderr

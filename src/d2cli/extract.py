@@ -352,12 +352,15 @@ def extract(
         if overwrite and existing is not None and differences(existing, attrs):
             store.reset()  # settings changed: mixing old and new features is never right
         done = set() if overwrite else store.done() | merged_done
-        todo = [it for it in items if it.name not in done]
-        result.skipped = [it.name for it in items if it.name in done]
+        unusable = [it for it in items if it.problem is not None]
+        todo = [it for it in items if it.name not in done and it.problem is None]
+        result.skipped = [it.name for it in items if it.name in done and it.problem is None]
         if batch_size > 1:
             todo = _bucket_by_size(todo, extractor.settings)
         stage = Stage(progress, "extract", unit="img")
-        stage.start(len(todo))
+        stage.start(len(todo) + len(unusable))
+        for it in unusable:  # never opened: each fails alone, by name
+            _fail(result, it.name, it.problem or "", stage)
         with interruptible() as stop:
             for batch in stop.each(_batches(_prefetch(extractor, todo, workers, max_pixels), batch_size)):
                 if batch[0].error is not None:

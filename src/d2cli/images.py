@@ -9,6 +9,7 @@ filter, and 'caffe' / 'torch' preprocessing.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import BadImage, EmptyInput, InputNotFound, UsageError
+from .errors import BadFile, BadImage, EmptyInput, InputNotFound, UsageError
 
 # Pillow warns above 89 MP and refuses above 179 MP with messages naming its own files;
 # d2cli checks the size itself (load_rgb's max_pixels), so Pillow's check is off.
@@ -35,6 +36,30 @@ PREPROCESSING = ("caffe", "torch", "none")
 class ImageItem:
     name: str  # POSIX path relative to the image root: the key in the features file
     path: Path
+    problem: str | None = None  # why this image cannot be read (it fails alone, unopened)
+
+
+def _list_item(root: Path, name: str) -> ImageItem:
+    """One ``--image-list`` name: a path under ``root``; one leaving it fails by name."""
+    path = root / name
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        return ImageItem(name, path, f"{name}: leaves the image root {root} (names in an "
+                                     "image list are relative to it, without '..')")
+    try:
+        path.resolve().relative_to(root)
+    except ValueError:
+        return ImageItem(name, path, f"{name}: a link to {path.resolve()}, outside the image "
+                                     f"root {root}; refused")
+    return ImageItem(name, path)
+
+
+def _found_item(root: Path, f: Path) -> ImageItem:
+    """A file found under the inputs, named relative to ``root`` (links leaving it fail)."""
+    try:
+        return ImageItem(f.resolve().relative_to(root).as_posix(), f.resolve())
+    except ValueError:
+        return ImageItem(f.name, f, f"{f}: a link to {f.resolve()}, outside the image root "
+                                    f"{root}; refused")
 
 
 def collect_images(
@@ -42,15 +67,24 @@ def collect_images(
     image_list: str | os.PathLike | None = None,
     image_root: str | os.PathLike | None = None,
 ) -> tuple[Path, list[ImageItem]]:
-    """Resolve files/folders or a list file into (image root, items named relative to it)."""
+    """Resolve files/folders or a list file into (image root, items named relative to it).
+
+    An item that cannot be used (a name leaving the root, a link to a file outside it,
+    whitespace in its name) carries its ``problem`` and fails alone; the others go on.
+    """
     if image_list is not None:
         lp = Path(image_list)
         if not lp.is_file():
             raise InputNotFound(f"{lp}: image list not found")
         # without a root, names are relative to the list file (as COLMAP's image lists)
         root = Path(image_root).resolve() if image_root is not None else lp.resolve().parent
-        names = [ln.strip() for ln in lp.read_text().splitlines()]
-        items = [ImageItem(n, root / n) for n in dict.fromkeys(n for n in names if n)]
+        try:
+            lines = lp.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise BadFile(f"{lp}: not a UTF-8 text image list (binary or UTF-16?)") from None
+        names = [ln.strip() for ln in lines]
+        names = [n for n in names if n and not n.startswith("#")]
+        items = [_list_item(root, n) for n in dict.fromkeys(names)]
     else:
         if not inputs:
             raise EmptyInput("no images given: pass files or folders, or --image-list")
@@ -70,20 +104,16 @@ def collect_images(
             if p.is_dir():
                 files.extend(find_images(p))
             else:
+                if not p.resolve().is_relative_to(root):
+                    raise UsageError(f"{p} is not under the image root {root}")
                 files.append(p)
-        items = []
-        for f in dict.fromkeys(f.resolve() for f in files):
-            try:
-                name = f.relative_to(root).as_posix()
-            except ValueError:
-                raise UsageError(f"{f} is not under the image root {root}") from None
-            items.append(ImageItem(name, f))
+        items = list({it.name: it for it in (_found_item(root, f) for f in files)}.values())
     if not items:
         where = image_list or ", ".join(map(str, inputs))
         raise EmptyInput(f"no images found in {where} ({'/'.join(IMAGE_EXTENSIONS)})")
     for it in items:
-        if any(c.isspace() for c in it.name):
-            raise UsageError(f"image name {it.name!r} contains whitespace (pairs files cannot hold it)")
+        if it.problem is None and any(c.isspace() for c in it.name):
+            it.problem = f"image name {it.name!r} contains whitespace (pairs files cannot hold it)"
     return root, items
 
 
@@ -112,8 +142,24 @@ def load_rgb_reduced(path: str | os.PathLike, at_least: tuple[int, int],
     return _decode(Path(path), max_pixels, at_least)
 
 
+def check_regular_file(p: Path) -> None:
+    """Refuse what is not a regular file before opening it: a FIFO would block forever, a
+    device would never end."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise BadImage(f"{p}: no such file") from None
+    except OSError as e:
+        raise BadImage(f"{p}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a device or socket")
+        raise BadImage(f"{p}: is {kind}, not an image file; refused without opening it")
+
+
 def _decode(p: Path, max_pixels: int | None, at_least: tuple[int, int] | None
             ) -> tuple[np.ndarray, tuple[int, int]]:
+    check_regular_file(p)
     try:
         with Image.open(p) as im:
             size = im.size
@@ -157,9 +203,10 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 def read_image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """(W, H) from the image header without decoding the pixels; None if unreadable."""
     try:
+        check_regular_file(Path(path))
         with Image.open(path) as im:
             return im.size
-    except (OSError, UnidentifiedImageError, ValueError):
+    except (OSError, UnidentifiedImageError, ValueError, BadImage):
         return None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadFile, EmptyInput, InputNotFound, MissingName, UsageError
+from .io import h5safe
 from .io.colmap_model import read_model
 from .io.features import FeatureFile
 from .io.pairs import iter_unique_pairs, normalize_pairs, write_pairs_counted
@@ -263,7 +264,7 @@ def read_global_descriptors(path: str | os.PathLike) -> tuple[list[str], np.ndar
         if not names:
             raise EmptyInput(f"{p}: no <name>/global_descriptor datasets (hloc layout)")
         try:
-            desc = [np.asarray(h5[n]["global_descriptor"][()], dtype=np.float32).ravel()
+            desc = [np.asarray(h5safe.require(h5[n], "global_descriptor"), np.float32).ravel()
                     for n in names]
         except (OSError, ValueError) as e:
             raise BadFile(f"{p}: unreadable global descriptor ({e})") from None

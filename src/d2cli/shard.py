@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from .errors import IncompatibleFeatures, UsageError
+from .io import h5safe
 from .io.h5store import H5Store, h5_file, list_entries, open_h5, read_attrs
 from .io.provenance import differences
 
@@ -81,7 +82,8 @@ class MergeResult:
 def _same_entry(a: h5py.Group, b: h5py.Group) -> bool:
     if set(a) != set(b):
         return False
-    return all(np.array_equal(a[k][()], b[k][()]) for k in a)
+    return all(np.array_equal(h5safe.require(a, k, kind="fiub", finite=False),
+                              h5safe.require(b, k, kind="fiub", finite=False)) for k in a)
 
 
 def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
@@ -122,7 +124,9 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                         result.duplicates += 1
                         continue
                     seen[name] = p
-                    store.add(name, {k: v[()] for k, v in f[name].items()})
+                    group = f[name]  # read through io/h5safe: nothing from other files
+                    store.add(name, {k: h5safe.require(group, k, kind="fiub", finite=False)
+                                     for k in group})
                     result.entries += 1
     if remove_parts:
         for p in paths:
