@@ -298,3 +298,79 @@ def test_a_fifo_given_as_an_image_fails_alone_without_being_opened(photo_root, t
     proc = d2("extract", "--image-list", tmp_path / "list.txt", "--image-root", photo_root,
               "--out", tmp_path / "g.h5", *FAST, timeout=120)
     assert proc.returncode == 1 and list(json_of(proc)["failed"]) == ["fifo.jpg"], proc.stderr
+
+
+# ------------------------------------------------------------------ 6, 10. databases
+def _holds_flock(path: Path) -> bool:
+    """Whether some process holds a flock on ``path`` (Linux /proc/locks)."""
+    try:
+        ino = os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+    return any(line.split()[1] == "FLOCK" and line.split()[5].endswith(f":{ino}")
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_a_second_colmap_import_on_one_database_is_refused_while_the_first_runs(tmp_path, d2):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    names = [f"im{i:03d}.jpg" for i in range(300)]
+    feats = features(tmp_path / "feats.h5", names)
+    (tmp_path / "pairs.txt").write_text("".join(f"{a} {b}\n" for i, a in enumerate(names)
+                                                for b in names[i + 1:i + 11]))
+    proc = d2("match", "-p", tmp_path / "pairs.txt", "-f", feats, "-o", tmp_path / "m.h5")
+    assert proc.returncode == 0, proc.stderr
+    db = tmp_path / "db.db"
+    args = ["colmap-import", db, "-f", feats, "-m", tmp_path / "m.h5", *CAMERA, "--no-verify",
+            "--json"]
+    first = subprocess.Popen([sys.executable, "-m", "d2cli", *map(str, args)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _holds_flock(Path(str(db) + ".lock")):
+            assert first.poll() is None and time.monotonic() < deadline, "never took the lock"
+            time.sleep(0.005)
+        first.send_signal(signal.SIGSTOP)  # frozen while it writes: the lock stays held
+        second = d2(*args)
+        assert second.returncode == 2, second.stderr
+        assert "being written by another d2 process" in json_of(second)["error"]
+        first.send_signal(signal.SIGCONT)
+        out, err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err
+    assert json.loads(out)["database_stats"]["images"] == 300
+    again = d2(*args)  # once the first is done, the same import is welcome (and changes nothing)
+    assert again.returncode == 0 and json_of(again)["new_pairs"] == 0, again.stderr
+
+
+def test_a_read_only_database_is_named_so_and_reconstruct_still_reads_it(tmp_path, d2):
+    import subprocess
+
+    from d2cli.colmap import colmap_import
+    from d2cli.match import match
+
+    names = [f"im{i:02d}.jpg" for i in range(4)]
+    feats = features(tmp_path / "feats.h5", names)
+    match([(names[0], names[1])], feats, tmp_path / "m.h5")
+    db = tmp_path / "db.db"
+    colmap_import(db, feats, None, camera_model="PINHOLE", camera_params=[500, 500, 320, 240])
+    if subprocess.run(["chattr", "+i", db], capture_output=True).returncode != 0:
+        if os.geteuid() == 0:
+            pytest.skip("chattr +i is not available here (and root ignores file modes)")
+        db.chmod(0o444)
+    try:
+        proc = d2("colmap-import", db, "-f", feats, "-m", "none.h5", "--json")
+        assert proc.returncode == 2 and "not found" in json_of(proc)["error"]
+        proc = d2("colmap-import", db, "-f", feats, "-m", tmp_path / "m.h5", "--json")
+        assert proc.returncode == 2, proc.stderr
+        assert "is read-only" in json_of(proc)["error"]
+        proc = d2("reconstruct", db, "-o", tmp_path / "sparse", "--json")
+        assert proc.returncode == 2, proc.stderr  # read, then: nothing to map (no pairs)
+        assert "no verified image pair" in json_of(proc)["error"]
+    finally:
+        subprocess.run(["chattr", "-i", db], capture_output=True)
+        db.chmod(0o644)

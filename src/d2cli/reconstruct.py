@@ -114,6 +114,19 @@ class ReconstructResult:
         }
 
 
+def _openable(database: Path, scratch: Path) -> Path:
+    """The database itself, or a copy in ``scratch`` when it is read-only: pycolmap opens
+    databases for writing, and mapping only reads them."""
+    if os.access(database, os.W_OK):
+        return database
+    copy = scratch / "database.db"
+    try:
+        shutil.copyfile(database, copy)
+    except OSError as e:
+        raise OutputError(f"{scratch}: cannot copy the read-only {database} ({e.strerror})") from None
+    return copy
+
+
 def _database_overview(database: Path, min_num_matches: int) -> tuple[dict[int, str], int, int]:
     """(image id -> name, images in a usable pair, UNDEFINED geometries)."""
     with open_database(database) as db:
@@ -280,21 +293,23 @@ def reconstruct(
                                mapper="triangulation" if reference_model else mapper)
 
     with quiet_colmap(verbose):
-        names, result.connected_images, undefined = _database_overview(database, min_num_matches)
-        result.total_images = len(names)
-        if not names:
-            raise EmptyInput(f"{database}: no images; run d2 colmap-import first")
-        if result.connected_images == 0 and reference_model is None:
-            hint = (f"; {undefined} geometries have an UNDEFINED configuration and are ignored"
-                    if undefined else "")
-            raise EmptyInput(f"{database}: no verified image pair with >= {min_num_matches} "
-                             f"inlier matches{hint}")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             scratch = new_temporary_dir(out)
         except OSError as e:
             raise OutputError(f"{out}: cannot write here ({e.strerror})") from None
         try:
+            database = _openable(database, scratch)
+            names, result.connected_images, undefined = _database_overview(database,
+                                                                           min_num_matches)
+            result.total_images = len(names)
+            if not names:
+                raise EmptyInput(f"{result.database}: no images; run d2 colmap-import first")
+            if result.connected_images == 0 and reference_model is None:
+                hint = (f"; {undefined} geometries have an UNDEFINED configuration and are "
+                        "ignored" if undefined else "")
+                raise EmptyInput(f"{result.database}: no verified image pair with >= "
+                                 f"{min_num_matches} inlier matches{hint}")
             images = Path(image_dir) if image_dir is not None else scratch / "no-images"
             images.mkdir(exist_ok=True)
             if intrinsics == "auto":
@@ -310,7 +325,7 @@ def reconstruct(
                           key=lambda r: (r.num_reg_images(), r.num_points3D()), reverse=True)
             if not recs:
                 raise PartialFailure(
-                    f"no model could be reconstructed from {database} "
+                    f"no model could be reconstructed from {result.database} "
                     f"({result.connected_images} of {result.total_images} images have verified "
                     "matches); try more images or overlap, or --mapper global")
             paths = _write_models(recs, out, scratch)

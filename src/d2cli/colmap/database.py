@@ -47,6 +47,9 @@ def open_database(path: str | os.PathLike, *, create: bool = True) -> Iterator[A
         with quiet_colmap():  # its WARNING about the failed open would precede our error line
             db = pycolmap.Database.open(p)
     except Exception as e:  # pycolmap raises RuntimeError/ValueError with SQLite's text
+        if p.is_file() and not os.access(p, os.W_OK):  # pycolmap opens for writing only
+            raise OutputError(f"{p}: is read-only, and this step writes into it (fix its "
+                              "permissions or work on a copy)") from None
         raise BadFile(f"{p}: not a usable COLMAP database ({str(e).splitlines()[0]})") from None
     try:
         yield db

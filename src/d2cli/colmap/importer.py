@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 import pycolmap
 
-from ..errors import BadFile, IncompatibleFeatures, InputNotFound, UsageError
+from ..errors import BadFile, IncompatibleFeatures, InputNotFound, OutputError, UsageError
 from ..images import read_image_size
 from ..io.atomic import new_temporary
 from ..io.colmap_model import read_model
 from ..io.features import FeatureFile, MatchFile, colliding_names, collision_error
+from ..io.lock import exclusive_lock
 from ..io.pairs import normalize_pairs, read_pair_lines, write_pairs
 from ..io.provenance import differences
 from ..jobs import ProgressFn, Stage, interruptible
@@ -292,32 +293,40 @@ def colmap_import(
         raise InputNotFound(f"{matches}: matches file not found")
     if pairs is not None and matches is None:
         raise UsageError("a pairs list needs a matches file")
-    if overwrite:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            p = Path(str(database) + suffix)
-            if p.is_file():
-                p.unlink()
-    result = ImportResult(database=database, features=features,
-                          matches=Path(matches) if matches is not None else None)
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{database}: cannot write here ({e.strerror})") from None
+    with exclusive_lock(Path(str(database) + ".lock"),  # one writer at a time
+                        busy=f"{database} is being written by another d2 process; wait for it",
+                        unwritable=f"{database}: cannot write here"):
+        if overwrite:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                p = Path(str(database) + suffix)
+                if p.is_file():
+                    p.unlink()
+        result = ImportResult(database=database, features=features,
+                              matches=Path(matches) if matches is not None else None)
 
-    with FeatureFile(features) as ff, quiet_colmap(verbose):
-        root = image_dir if image_dir is not None else ff.attrs.get("image_root")
-        if image_dir is not None and not Path(image_dir).is_dir():
-            raise InputNotFound(f"{image_dir}: image folder not found")
-        result.image_dir = Path(root) if root and Path(root).is_dir() else None
+        with FeatureFile(features) as ff, quiet_colmap(verbose):
+            root = image_dir if image_dir is not None else ff.attrs.get("image_root")
+            if image_dir is not None and not Path(image_dir).is_dir():
+                raise InputNotFound(f"{image_dir}: image folder not found")
+            result.image_dir = Path(root) if root and Path(root).is_dir() else None
 
-        mf = MatchFile(matches) if matches is not None else None
-        try:
-            to_verify = _write_database(result, ff, mf, pairs, camera_mode, camera_model,
-                                        camera_params, verify, reference_model, prune, progress)
-        finally:
-            if mf is not None:
-                mf.close()
-        if to_verify:
-            _verify(result, to_verify, progress)
-    result.stats = database_stats(database)
-    result.seconds = time.perf_counter() - t0
-    return result
+            mf = MatchFile(matches) if matches is not None else None
+            try:
+                to_verify = _write_database(result, ff, mf, pairs, camera_mode, camera_model,
+                                            camera_params, verify, reference_model, prune,
+                                            progress)
+            finally:
+                if mf is not None:
+                    mf.close()
+            if to_verify:
+                _verify(result, to_verify, progress)
+        result.stats = database_stats(database)
+        result.seconds = time.perf_counter() - t0
+        return result
 
 
 def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
