@@ -374,3 +374,69 @@ def test_a_read_only_database_is_named_so_and_reconstruct_still_reads_it(tmp_pat
     finally:
         subprocess.run(["chattr", "-i", db], capture_output=True)
         db.chmod(0o644)
+
+
+# ------------------------------------------------------------------ 5. signals while mapping
+@pytest.fixture(scope="module")
+def street_database(tmp_path_factory, d2) -> Path:
+    """A verified database of the scale benchmark's synthetic street (mapping takes ~10 s)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from synthetic_scene import SceneConfig, generate_scene
+
+    cwd = tmp_path_factory.mktemp("street")
+    scene = generate_scene(cwd, SceneConfig(num_images=150, keypoints=400, query_every=0, seed=5))
+    d2("pairs", "sequential", "-f", "feats.h5", "-k", "5", "-o", "pairs.txt", cwd=cwd, check=True)
+    d2("match", "-p", "pairs.txt", "-f", "feats.h5", "-o", "matches.h5", "-q", cwd=cwd, check=True)
+    d2("colmap-import", "db.db", "-f", "feats.h5", "-m", "matches.h5", "--camera-model", "PINHOLE",
+       "--camera-params", scene.camera_params, "-q", cwd=cwd, check=True)
+    return cwd / "db.db"
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_mapping_at_once_with_one_line_and_json(street_database, tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sparse"
+    proc = subprocess.Popen([sys.executable, "-m", "d2cli", "reconstruct", str(street_database),
+                             "-o", str(out), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _children(proc.pid):  # the mapper's process has started: mapping is on
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        mapper = _children(proc.pid)
+        t = time.monotonic()
+        # Ctrl-C reaches the whole foreground group, as a terminal sends it; SIGTERM d2 only
+        if sig == "SIGINT":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+        stopped = time.monotonic() - t
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stopped < 10, f"took {stopped:.1f} s to stop"
+    assert "Traceback" not in stderr and "Aborted" not in stderr and len(stderr.splitlines()) == 1
+    assert json.loads(stdout) == {"error": "interrupted; finished work is saved, re-run to resume",
+                                  "interrupted": True, "exit_code": 130}
+    deadline = time.monotonic() + 10  # the mapper is gone too (reaped by init once d2 exits)
+    while any(Path(f"/proc/{p}").exists() for p in mapper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [Path(f"/proc/{p}/cmdline").read_bytes() for p in mapper if Path(f"/proc/{p}").exists()]
+    assert not left
+    assert not out.exists() and not list(tmp_path.glob(".sparse.*"))  # no scratch left

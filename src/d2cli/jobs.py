@@ -15,7 +15,10 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -133,3 +136,33 @@ def relabel(progress: ProgressFn | None, stage: str) -> ProgressFn | None:
         sink(replace(e, stage=stage.format(e.stage)))
 
     return forward
+
+
+class _KeepSigterm(importlib.abc.MetaPathFinder):
+    """Importing pycolmap installs glog's failure handler for SIGTERM, which prints a C++
+    stack trace and exits 143 in place of the run protocol's clean stop. This finder lets
+    pycolmap import as usual, then puts back the SIGTERM handler that was there before."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "pycolmap":
+            return None
+        sys.meta_path.remove(self)  # once, and no recursion into ourselves
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            before = signal.getsignal(signal.SIGTERM)
+            run(module)
+            if before is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, before)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def keep_sigterm_through_pycolmap() -> None:
+    """Install :class:`_KeepSigterm` (``d2cli`` does on import; a no-op once pycolmap is in)."""
+    if "pycolmap" not in sys.modules and not any(isinstance(f, _KeepSigterm) for f in sys.meta_path):
+        sys.meta_path.insert(0, _KeepSigterm())

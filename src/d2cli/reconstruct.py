@@ -33,6 +33,7 @@ from .colmap.importer import UNUSABLE_CONFIGS
 from .errors import EmptyInput, InputNotFound, OutputError, PartialFailure, UsageError
 from .io.atomic import new_temporary_dir
 from .io.colmap_model import read_model
+from .isolated import run_isolated
 from .jobs import ProgressFn, Stage
 
 MAPPERS = ("incremental", "global")
@@ -318,9 +319,12 @@ def reconstruct(
                 refine, result.intrinsics = intrinsics == "refine", intrinsics
             if reference_model is not None:
                 result.intrinsics = "fixed: the reference model's"
-            recs = _run(database, images, scratch / "work", result, mapper, reference_model,
-                        threads, seed, min_num_matches, refine, image_dir is not None, options,
-                        progress)
+            # in a child process: Ctrl-C and SIGTERM stop it at once (d2cli.isolated)
+            count = run_isolated(_map_to_disk, verbose, database, images, scratch / "work",
+                                 scratch / "mapped", result.total_images, mapper,
+                                 reference_model, threads, seed, min_num_matches, refine,
+                                 image_dir is not None, options, progress=progress)
+            recs = [pycolmap.Reconstruction(scratch / "mapped" / str(k)) for k in range(count)]
             recs = sorted((r for r in recs if r.num_reg_images() > 0),
                           key=lambda r: (r.num_reg_images(), r.num_points3D()), reverse=True)
             if not recs:
@@ -338,12 +342,23 @@ def reconstruct(
     return result
 
 
-def _run(database: Path, images: Path, work: Path, result: ReconstructResult, mapper: str,
+def _map_to_disk(verbose: bool, database: Path, images: Path, work: Path, mapped: Path,
+                 total: int, *args: Any, progress: ProgressFn | None = None) -> int:
+    """:func:`_run` (in the mapping child process), each model written to ``mapped/<k>``;
+    returns the number of models."""
+    with quiet_colmap(verbose):
+        recs = _run(database, images, work, total, *args, progress)
+    for k, rec in enumerate(recs):
+        (mapped / str(k)).mkdir(parents=True)
+        rec.write(mapped / str(k))
+    return len(recs)
+
+
+def _run(database: Path, images: Path, work: Path, total: int, mapper: str,
          reference_model: str | os.PathLike | None, threads: int, seed: int,
          min_num_matches: int, refine: bool, colors: bool,
          options: dict[str, Any] | None, progress: ProgressFn | None,
          ) -> list[pycolmap.Reconstruction]:
-    total = result.total_images
 
     def best(recs: Any) -> int:
         return max((r.num_reg_images() for r in recs), default=0)

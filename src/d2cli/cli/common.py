@@ -56,6 +56,9 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             err_console.print(INTERRUPTED)
+            if kwargs.get("as_json"):
+                print_json({"error": INTERRUPTED.removeprefix("d2: "), "interrupted": True,
+                            "exit_code": EXIT_INTERRUPTED})
             sys.exit(EXIT_INTERRUPTED)
         except Exception as e:  # a bug: still one line, the traceback on request
             if os.environ.get("D2CLI_DEBUG"):
