@@ -440,3 +440,51 @@ def test_a_signal_stops_mapping_at_once_with_one_line_and_json(street_database, 
     left = [Path(f"/proc/{p}/cmdline").read_bytes() for p in mapper if Path(f"/proc/{p}").exists()]
     assert not left
     assert not out.exists() and not list(tmp_path.glob(".sparse.*"))  # no scratch left
+
+
+# ------------------------------------------------------------------ 4. re-import
+def test_importing_twice_equals_once_and_keeps_every_raw_match(tmp_path, d2):
+    """Exhaustive pairs of a street: far-apart views verify with few or no inliers. Their raw
+    matches stay in the database, and the same import again changes and verifies nothing."""
+    import sys
+
+    import pycolmap
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from synthetic_scene import SceneConfig, generate_scene
+
+    scene = generate_scene(tmp_path, SceneConfig(num_images=20, keypoints=300, query_every=0,
+                                                 seed=5))
+    d2("pairs", "exhaustive", "-f", "feats.h5", "-o", "pairs.txt", cwd=tmp_path, check=True)
+    d2("match", "-p", "pairs.txt", "-f", "feats.h5", "-o", "m.h5", "-q", cwd=tmp_path, check=True)
+    with h5py.File(tmp_path / "m.h5", "r+") as f:  # three pairs too weak to verify: 10 matches
+        for key in sorted(f["db-000000.jpg"])[:3]:
+            m0 = f["db-000000.jpg"][key]["matches0"]
+            kept = m0[()]
+            kept[np.flatnonzero(kept >= 0)[10:]] = -1
+            m0[...] = kept
+    args = ["colmap-import", "db.db", "-f", "feats.h5", "-m", "m.h5", "--camera-model", "PINHOLE",
+            "--camera-params", scene.camera_params, "--json"]
+    first = json_of(d2(*args, cwd=tmp_path, check=True))
+    with MatchFile(tmp_path / "m.h5") as mf:
+        in_file = {(a, b): len(mf.get(a, b)[0]) for a, b in read_pairs(tmp_path / "pairs.txt")}
+    db = pycolmap.Database.open(tmp_path / "db.db")
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        in_db = {p: len(db.read_matches(ids[p[0]], ids[p[1]])) for p in in_file}
+        few = sum(len(db.read_two_view_geometry(ids[a], ids[b]).inlier_matches) < 15
+                  for a, b in in_file)
+    finally:
+        db.close()
+    assert in_db == in_file and few > 0  # every raw match kept, weak pairs included
+    def dump() -> list[str]:  # every row of every table (the header's counters aside)
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "db.db") as con:
+            return list(con.iterdump())
+
+    before = dump()
+    again = json_of(d2(*args, cwd=tmp_path, check=True))
+    assert (again["new_pairs"], again["replaced_pairs"], again["verified_now"]) == (0, 0, 0)
+    assert again["database_stats"] == first["database_stats"]
+    assert dump() == before

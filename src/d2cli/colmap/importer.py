@@ -88,6 +88,7 @@ class ImportResult:
     removed_pairs: int = 0  # pairs of an earlier pairs list deleted (prune)
     verified_now: int = 0  # pairs given a two-view geometry now
     inlier_pairs_now: int = 0  # ... of which usable by the mapper
+    restored_raw_matches: int = 0  # pairs whose raw matches pycolmap emptied, written back
     outside_model: int = 0  # images of the features file that the reference model lacks
     outside_model_pairs: int = 0  # pairs ignored for the same reason
     failed: dict[str, str] = field(default_factory=dict)  # name or pair -> reason
@@ -113,6 +114,7 @@ class ImportResult:
             "new_pairs": self.new_pairs, "replaced_pairs": self.replaced_pairs,
             "removed_pairs": self.removed_pairs,
             "verified_now": self.verified_now, "inlier_pairs_now": self.inlier_pairs_now,
+            "restored_raw_matches": self.restored_raw_matches,
             "outside_model": self.outside_model,
             "outside_model_pairs": self.outside_model_pairs, "failed": self.failed,
             "no_image_file": len(self.no_image_file), "database_stats": self.stats,
@@ -319,11 +321,11 @@ def colmap_import(
                 to_verify = _write_database(result, ff, mf, pairs, camera_mode, camera_model,
                                             camera_params, verify, reference_model, prune,
                                             progress)
+                if to_verify and mf is not None:
+                    _verify(result, to_verify, mf, progress)
             finally:
                 if mf is not None:
                     mf.close()
-            if to_verify:
-                _verify(result, to_verify, progress)
         result.stats = database_stats(database)
         result.seconds = time.perf_counter() - t0
         return result
@@ -523,9 +525,13 @@ def _write_images(result: ImportResult, ff: FeatureFile, db: pycolmap.Database, 
     return ids
 
 
-def _verify(result: ImportResult, pairs: list[tuple[str, str]],
+def _verify(result: ImportResult, pairs: list[tuple[str, str]], mf: MatchFile,
             progress: ProgressFn | None) -> None:
-    """pycolmap verification of the given pairs, in batches (progress, Ctrl-C between them)."""
+    """pycolmap verification of the given pairs, in batches (progress, Ctrl-C between them).
+
+    pycolmap empties the raw matches of a pair it cannot verify (fewer matches than its
+    minimum of inliers): they are written back from ``mf``, so that the database keeps
+    every raw match and a second identical import finds nothing to redo."""
     db_path = result.database
     tmp = new_temporary(db_path.with_name(db_path.name + ".verify"), ".txt")
     options = pycolmap.TwoViewGeometryOptions(**VERIFY_OPTIONS)
@@ -547,12 +553,21 @@ def _verify(result: ImportResult, pairs: list[tuple[str, str]],
         result.interrupted = stop.requested
     finally:
         tmp.unlink(missing_ok=True)
-    with open_database(db_path) as db:
+    min_inliers = options.min_num_inliers
+    with open_database(db_path) as db, pycolmap.DatabaseTransaction(db):
         for a, b in pairs:
             ia = db.read_image_with_name(a).image_id
             ib = db.read_image_with_name(b).image_id
-            if db.exists_two_view_geometry(ia, ib):
-                result.verified_now += 1
-                g = db.read_two_view_geometry(ia, ib)
-                result.inlier_pairs_now += int(int(g.config) not in UNUSABLE_CONFIGS
-                                               and len(g.inlier_matches) > 0)
+            if not db.exists_two_view_geometry(ia, ib):
+                continue  # not reached (interrupted): the next run verifies it
+            result.verified_now += 1
+            g = db.read_two_view_geometry(ia, ib)
+            result.inlier_pairs_now += int(int(g.config) not in UNUSABLE_CONFIGS
+                                           and len(g.inlier_matches) > 0)
+            if len(g.inlier_matches) < min_inliers:
+                m = mf.get(a, b)[0].astype(np.uint32)
+                if len(m) and len(db.read_matches(ia, ib)) != len(m):
+                    if db.exists_matches(ia, ib):
+                        db.delete_matches(ia, ib)
+                    db.write_matches(ia, ib, m)
+                    result.restored_raw_matches += 1
