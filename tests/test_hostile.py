@@ -488,3 +488,13 @@ def test_importing_twice_equals_once_and_keeps_every_raw_match(tmp_path, d2):
     assert (again["new_pairs"], again["replaced_pairs"], again["verified_now"]) == (0, 0, 0)
     assert again["database_stats"] == first["database_stats"]
     assert dump() == before
+
+
+def test_click_usage_errors_with_json_still_print_one_object(d2):
+    for args in (["match", "--bogus", "--json"], ["match", "--commit-every", "abc", "--json"]):
+        proc = d2(*args)
+        assert proc.returncode == 2 and "Usage:" in proc.stderr
+        out = json_of(proc)
+        assert out["exit_code"] == 2 and out["error"]
+    proc = d2("match", "--bogus")  # without --json: Click's message only
+    assert proc.returncode == 2 and proc.stdout == ""
