@@ -498,3 +498,24 @@ def test_click_usage_errors_with_json_still_print_one_object(d2):
         assert out["exit_code"] == 2 and out["error"]
     proc = d2("match", "--bogus")  # without --json: Click's message only
     assert proc.returncode == 2 and proc.stdout == ""
+
+
+def test_names_in_a_features_file_never_reach_files_outside_the_image_root(tmp_path):
+    """HDF5 accepts a group called '..': an entry '../secret.jpg' must not make d2 read
+    tmp/secret.jpg (its EXIF on import, its pixels on refinement)."""
+    from d2cli.errors import BadImage
+    from d2cli.images import image_under
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "secret.jpg").write_bytes(b"not for d2")
+    os.symlink(tmp_path / "secret.jpg", root / "link.jpg")
+    (root / "ok.jpg").write_bytes(b"x")
+    assert image_under(root, "ok.jpg") == root / "ok.jpg"
+    for name in ("../secret.jpg", str(tmp_path / "secret.jpg"), "link.jpg"):
+        with pytest.raises(BadImage, match="image root"):
+            image_under(root, name)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        entry(f, "../secret.jpg")
+    with FeatureFile(tmp_path / "f.h5") as ff:
+        assert ff.names == ["../secret.jpg"]  # the name is real; its file is never opened

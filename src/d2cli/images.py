@@ -39,18 +39,28 @@ class ImageItem:
     problem: str | None = None  # why this image cannot be read (it fails alone, unopened)
 
 
-def _list_item(root: Path, name: str) -> ImageItem:
-    """One ``--image-list`` name: a path under ``root``; one leaving it fails by name."""
+def image_under(root: str | os.PathLike, name: str) -> Path:
+    """The file of image ``name`` under ``root``; BadImage when the name leaves it (``..``, an
+    absolute path, a link to a file outside). Names come from files anyone can write."""
+    root = Path(root)
     path = root / name
     if Path(name).is_absolute() or ".." in Path(name).parts:
-        return ImageItem(name, path, f"{name}: leaves the image root {root} (names in an "
-                                     "image list are relative to it, without '..')")
+        raise BadImage(f"{name}: leaves the image root {root} (image names are relative to it, "
+                       "without '..')")
     try:
-        path.resolve().relative_to(root)
+        path.resolve().relative_to(root.resolve())
     except ValueError:
-        return ImageItem(name, path, f"{name}: a link to {path.resolve()}, outside the image "
-                                     f"root {root}; refused")
-    return ImageItem(name, path)
+        raise BadImage(f"{name}: a link to {path.resolve()}, outside the image root {root}; "
+                       "refused") from None
+    return path
+
+
+def _list_item(root: Path, name: str) -> ImageItem:
+    """One ``--image-list`` name: a path under ``root``; one leaving it fails by name."""
+    try:
+        return ImageItem(name, image_under(root, name))
+    except BadImage as e:
+        return ImageItem(name, root / name, str(e))
 
 
 def _found_item(root: Path, f: Path) -> ImageItem:

@@ -42,6 +42,7 @@ from .colmap.cameras import ImageInfo, check_camera_model, make_camera, read_exi
 from .colmap.database import quiet_colmap
 from .errors import (
     BadFile,
+    BadImage,
     D2Error,
     EmptyInput,
     IncompatibleFeatures,
@@ -49,7 +50,7 @@ from .errors import (
     OutputError,
     UsageError,
 )
-from .images import read_image_size
+from .images import image_under, read_image_size
 from .io.atomic import write_text_atomic
 from .io.features import FeatureFile, MatchFile
 from .io.journal import JsonJournal, fingerprint
@@ -182,7 +183,7 @@ def _query_camera(q: Query, ff: FeatureFile, image_dir: Path | None
             raise QueryFailed(f"the queries file gives a {q.camera.width}x{q.camera.height} "
                               f"camera, the features are for a {w}x{h} image")
         return q.camera, "given"
-    path = image_dir / q.name if image_dir is not None else None
+    path = image_under(image_dir, q.name) if image_dir is not None else None
     if w <= 0 and path is not None and path.is_file():
         w, h = read_image_size(path) or (w, h)
     if w <= 0 or h <= 0:
@@ -453,7 +454,7 @@ def localize(
                     journal.add(_localize_one(q, refs[q.name], ff, mf, reference, img_dir,
                                               settings, refiner))
                     stage.advance(q.name)
-                except QueryFailed as e:
+                except (QueryFailed, BadFile, BadImage) as e:  # this query's inputs only
                     journal.add_failure(q.name, str(e))
                     stage.advance(q.name, error=f"{q.name}: {e}")
     # query-file order in every output

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import pycolmap
 
-from ..errors import BadFile, IncompatibleFeatures, InputNotFound, OutputError, UsageError
-from ..images import read_image_size
+from ..errors import BadFile, BadImage, IncompatibleFeatures, InputNotFound, OutputError, UsageError
+from ..images import image_under, read_image_size
 from ..io.atomic import new_temporary
 from ..io.colmap_model import read_model
 from ..io.features import FeatureFile, MatchFile, colliding_names, collision_error
@@ -172,7 +172,10 @@ def _check_match_provenance(ff: FeatureFile, mf: MatchFile) -> None:
 def _image_info(ff: FeatureFile, name: str, image_dir: Path | None) -> tuple[ImageInfo, bool]:
     """(info, image file found)."""
     w, h = ff.image_size(name)
-    path = image_dir / name if image_dir is not None else None
+    try:
+        path = image_under(image_dir, name) if image_dir is not None else None
+    except BadImage:  # a name leaving the image folder: its file is never read
+        path = None
     found = path is not None and path.is_file()
     if (w <= 0 or h <= 0) and found:
         w, h = read_image_size(path) or (w, h)

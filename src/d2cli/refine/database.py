@@ -22,7 +22,7 @@ import numpy as np
 
 from ..colmap.database import open_database, quiet_colmap
 from ..errors import InputNotFound
-from ..images import load_rgb
+from ..images import image_under, load_rgb
 from ..io.atomic import write_atomic
 from ..io.features import FeatureFile
 from ..io.h5store import h5_file
@@ -93,7 +93,7 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
         names = [n for n in ff.names if n in ids]
         kps = {n: ff.keypoints(n) for n in names}
     for n in names:
-        if not (root / n).is_file():
+        if not image_under(root, n).is_file():
             raise InputNotFound(f"{root / n}: image not found (refinement reads the images; "
                                 "pass the image folder)")
     # pairs done by an interrupted run come from the journal; the others are computed
@@ -103,7 +103,7 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
     result.resumed = len(done)
     stage = Stage(progress, "refine", unit="pairs")
     stage.start(len(matches), done=len(done))
-    images = {n: (lambda n=n: load_rgb(root / n)) for n in names}
+    images = {n: (lambda n=n: load_rgb(image_under(root, n))) for n in names}
     tracks = build_tracks({n: len(k) for n, k in kps.items()}, matches, config.max_track)
     result.tracks = tracks.count
     with journal, interruptible() as stop:

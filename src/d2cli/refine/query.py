@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..device import pick_device
-from ..images import load_rgb
+from ..images import image_under, load_rgb
 from .config import RefineConfig
 from .features import ImageCache, PatchFeatures
 from .pair import refine_points
@@ -28,7 +28,7 @@ class QueryRefiner:
     def __init__(self, config: RefineConfig, image_dir: Path, cache: int = 8) -> None:
         self.feats = PatchFeatures(config, pick_device(config.device))
         # an unreadable image raises BadImage naming the file
-        self.images = ImageCache(lambda n: load_rgb(Path(image_dir) / n), config,
+        self.images = ImageCache(lambda n: load_rgb(image_under(image_dir, n)), config,
                                  self.feats.device, cache)
 
     def refine(self, query: str, reference: str, query_points: np.ndarray,
