@@ -519,3 +519,16 @@ def test_names_in_a_features_file_never_reach_files_outside_the_image_root(tmp_p
         entry(f, "../secret.jpg")
     with FeatureFile(tmp_path / "f.h5") as ff:
         assert ff.names == ["../secret.jpg"]  # the name is real; its file is never opened
+
+
+def test_a_planted_journal_link_is_not_followed(tmp_path):
+    from d2cli.errors import OutputError
+    from d2cli.io.journal import JsonJournal
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.symlink(victim, tmp_path / "poses.txt.partial")
+    with pytest.raises(OutputError, match="poses.txt.partial"):
+        with JsonJournal(tmp_path / "poses.txt.partial", {"d2 localize": 1}) as j:
+            j.append({"x": 1})
+    assert victim.read_text() == "precious\n"

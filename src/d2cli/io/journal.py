@@ -8,6 +8,7 @@ by the kill is skipped on reading). A run whose header differs starts a fresh jo
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,10 @@ class JsonJournal:
     def __enter__(self) -> JsonJournal:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a" if self._resumed else "w")
+            # never through a planted link: the journal's name (OUT.partial) is predictable
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if self._resumed
+                                                                 else os.O_TRUNC)
+            self._fh = os.fdopen(os.open(self.path, flags, 0o666), "a" if self._resumed else "w")
         except OSError as e:
             raise OutputError(f"{self.path}: cannot write ({e.strerror})") from None
         if not self._resumed:
