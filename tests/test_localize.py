@@ -321,10 +321,11 @@ def test_model_from_other_features_is_refused(scene, tmp_path, d2):
     feats = tmp_path / "feats.h5"
     shutil.copy(scene["feats"], feats)
     ref = scene["mapped"][0]
-    with h5py.File(feats, "r+") as f:
-        kp = f[ref]["keypoints"][()]
-        del f[ref]["keypoints"]
-        f[ref]["keypoints"] = kp[:-5]
+    with h5py.File(feats, "r+") as f:  # a consistent entry with 5 keypoints fewer
+        for key in ("keypoints", "descriptors", "scores", "scales"):
+            a = f[ref][key][()]
+            del f[ref][key]
+            f[ref][key] = a[:, :-5] if key == "descriptors" else a[:-5]
     qf = _queries_with_intrinsics(scene, tmp_path / "q.txt")
     with pytest.raises(IncompatibleFeatures, match="not built from these features"):
         localize(scene["map"], qf, scene["w"] / "pairs-loc.txt", feats, scene["matches"],

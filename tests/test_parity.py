@@ -1,7 +1,8 @@
 """Parity with the reference D2-Net code: the acceptance test of the extractor.
 
 Golden outputs and tolerances: tests/data/golden/README.md. Same N and order exactly;
-keypoints within 1e-3 px (2e-3 px on CUDA; scale column exact), scores within 1e-4 relative,
+keypoints within 1e-3 px (one per image within 2e-3 px: another summation order
+moves a near-flat peak; scale column exact), scores within 1e-4 relative,
 float32 descriptors within 1e-4.
 """
 
@@ -17,12 +18,17 @@ from PIL import Image
 from d2cli.extract import Extractor, ExtractSettings
 from d2cli.images import load_rgb, resize_for_network
 
-# benchmarks/gpu.sh runs these on CUDA (fp32 with TF32 off). cuDNN sums the convolutions in
-# another order than the CPU reference: on an H200 one keypoint of ss_torch-b (a Newton step
-# at a near-flat peak) moved 1.34e-3 / 1.39e-3 px in two runs, everything else within the
-# CPU tolerances (docs/parity.md). The CPU keeps the golden 1e-3 px.
+# Another summation order of the convolutions moves the Newton step of a keypoint at a
+# near-flat peak: cuDNN on an H200 moved one keypoint of ss_torch-b 1.34e-3 / 1.39e-3 px
+# in two runs, and oneDNN on an AMD EPYC CPU (the golden run was an Intel Xeon) moves one
+# keypoint of ss_torch-a 1.05e-3 and one of ss_torch-b 1.98e-3 px, every other keypoint of
+# every case within 4.5e-4 px (docs/parity.md). So: every keypoint within the golden
+# 1e-3 px but at most one per image, which stays within 2e-3 px.
 DEVICE = os.environ.get("D2CLI_TEST_DEVICE", "cpu")
-KEYPOINT_TOLERANCE_PX = 1e-3 if DEVICE == "cpu" else 2e-3
+KEYPOINT_TOLERANCE_PX = 1e-3
+NEAR_FLAT_PEAK_TOLERANCE_PX = 2e-3
+NEAR_FLAT_PEAKS_PER_IMAGE = 1
+
 
 CASES = {
     "ss_caffe": dict(scales=(1,), preprocessing="caffe", max_edge=1600),
@@ -53,7 +59,9 @@ def test_golden_parity(golden_dir, case, image):
     gk = golden["keypoints"]
     assert len(feats) == len(gk), "number of keypoints differs from the reference"
     kp = np.concatenate([feats.keypoints, feats.scales[:, None]], axis=1)
-    assert np.abs(kp[:, :2] - gk[:, :2]).max() <= KEYPOINT_TOLERANCE_PX
+    err = np.abs(kp[:, :2] - gk[:, :2]).max(axis=1)
+    assert err.max() <= NEAR_FLAT_PEAK_TOLERANCE_PX
+    assert (err > KEYPOINT_TOLERANCE_PX).sum() <= NEAR_FLAT_PEAKS_PER_IMAGE
     assert np.array_equal(kp[:, 2], gk[:, 2])  # 1/scale exactly, in level order
     assert (np.abs(feats.scores - golden["scores"]) / np.abs(golden["scores"])).max() <= 1e-4
     assert np.abs(feats.descriptors.T - golden["descriptors"]).max() <= 1e-4
