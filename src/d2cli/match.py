@@ -27,7 +27,7 @@ import torch
 from . import __version__
 from .device import pick_device
 from .errors import D2Error, EmptyInput, IncompatibleFeatures, UsageError, check_some_done
-from .io.features import FeatureFile, MatchFile, colliding_names, collision_error, matches_to_arrays, pair_key
+from .io.features import FeatureFile, MatchFile, colliding_names, matches_to_arrays, pair_collision, pair_key
 from .io.h5store import H5Store
 from .io.pairs import normalize_pairs, read_pairs
 from .io.provenance import differences
@@ -339,9 +339,8 @@ def _plan(pair_list: list[Pair], done: set[str], ff0: FeatureFile, ff1: FeatureF
     missing: dict[Pair, str] = {}
     collide = colliding_names({n for p in pair_list for n in p})
     for a, b in pair_list:
-        if a in collide or b in collide:
-            x = a if a in collide else b
-            missing[(a, b)] = f"pair {a} {b}: {collision_error(x, collide[x])}"
+        if (why := pair_collision(a, b, collide)) is not None:
+            missing[(a, b)] = why
         elif pair_key(a, b) in done or pair_key(b, a) in done:
             result.skipped.append((a, b))
         elif a not in ff0:

@@ -39,7 +39,7 @@ from ..errors import BadFile, BadImage, IncompatibleFeatures, InputNotFound, Out
 from ..images import image_under, read_image_size
 from ..io.atomic import new_temporary
 from ..io.colmap_model import read_model
-from ..io.features import FeatureFile, MatchFile, colliding_names, collision_error
+from ..io.features import FeatureFile, MatchFile, colliding_names, pair_collision
 from ..io.lock import exclusive_lock
 from ..io.pairs import normalize_pairs, read_pair_lines, write_pairs
 from ..io.provenance import differences
@@ -386,9 +386,8 @@ def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
                 continue
             if a in result.failed or b in result.failed:  # a malformed entry, reported once
                 continue
-            if a in collide or b in collide:
-                x = a if a in collide else b
-                result.failed[f"{a} {b}"] = f"pair {a} {b}: {collision_error(x, collide[x])}"
+            if (why := pair_collision(a, b, collide)) is not None:
+                result.failed[f"{a} {b}"] = why
                 continue
             if a not in ids or b not in ids:  # a reference model without this image
                 result.outside_model_pairs += 1

@@ -206,9 +206,13 @@ def colliding_names(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def collision_error(name: str, other: str) -> str:
-    return (f"{name}: its pair key {name.replace('/', '-')!r} is also {other}'s (matches files "
-            "write '/' as '-', as hloc does); rename one of the two images")
+def pair_collision(a: str, b: str, collide: dict[str, str]) -> str | None:
+    """Why pair (a, b) cannot be keyed (an image of it in ``colliding_names``), else None."""
+    x = a if a in collide else b if b in collide else None
+    if x is None:
+        return None
+    return (f"pair {a} {b}: {x}: its pair key {x.replace('/', '-')!r} is also {collide[x]}'s "
+            "(matches files write '/' as '-', as hloc does); rename one of the two images")
 
 
 class MatchFile:
