@@ -462,8 +462,7 @@ def _readable_entries(result: ImportResult, ff: FeatureFile) -> list[str]:
     names = []
     for n in sorted(ff.names):
         try:
-            ff.image_size(n)
-            ff.keypoints(n)
+            ff.keypoints(n)  # checks the entry's image_size too
         except BadFile as e:
             result.failed[n] = str(e)
             continue

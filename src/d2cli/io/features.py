@@ -105,7 +105,8 @@ class FeatureFile:
 
     def __getitem__(self, name: str) -> Features:
         g = self._group(name)
-        kp = self._keypoints(g)
+        size = self._image_size(g)
+        kp = self._keypoints(g, size)
         n = len(kp)
         scores = h5safe.read(g, "scores", ndim=1)
         scales = h5safe.read(g, "scales", ndim=1)
@@ -118,7 +119,7 @@ class FeatureFile:
             descriptors=self._descriptors(g, n),
             scores=np.ones(n, np.float32) if scores is None else scores,
             scales=np.ones(n, np.float32) if scales is None else scales,
-            image_size=np.asarray(self._image_size(g), np.int64),
+            image_size=np.asarray(size, np.int64),
             global_descriptor=h5safe.read(g, "global_descriptor", ndim=1),
         )
 
@@ -150,7 +151,8 @@ class FeatureFile:
                           f"of at most {MAX_IMAGE_SIDE} pixels each")
         return int(size[0]), int(size[1])
 
-    def _keypoints(self, g: h5py.Group) -> np.ndarray:
+    def _keypoints(self, g: h5py.Group, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Checked keypoints; ``size``: the entry's (W, H) when already read."""
         kp = h5safe.require(g, "keypoints", ndim=2)
         if kp.shape[1] != 2:
             raise BadFile(f"{self._where(g)}/keypoints has shape {kp.shape}, expected (N, 2)")
@@ -158,7 +160,7 @@ class FeatureFile:
         if d is not None and (d.ndim != 2 or d.shape[1] != len(kp)):
             raise BadFile(f"{self._where(g)}/descriptors has shape {d.shape}, expected "
                           f"(D, {len(kp)}) for its {len(kp)} keypoints")
-        w, h = self._image_size(g)
+        w, h = self._image_size(g) if size is None else size
         if w and h and len(kp):
             lo, hi = kp.min(0), kp.max(0)
             if (lo < -KEYPOINT_MARGIN).any() or hi[0] > w + KEYPOINT_MARGIN or hi[1] > h + KEYPOINT_MARGIN:
