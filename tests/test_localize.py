@@ -316,16 +316,24 @@ def test_interrupted_run_resumes(scene, tmp_path):
     assert out.read_text() == (tmp_path / "fresh.txt").read_text()
 
 
-def test_model_from_other_features_is_refused(scene, tmp_path, d2):
-    """A reference image whose keypoints are not the model's: exit 2, one line, no output."""
+@pytest.mark.parametrize("change", ["fewer", "moved"])
+def test_model_from_other_features_is_refused(scene, tmp_path, d2, change):
+    """A reference image whose keypoints are not the model's (5 fewer, or the same count
+    0.3 px away, as refined features would be): exit 2, one line, no output."""
     feats = tmp_path / "feats.h5"
     shutil.copy(scene["feats"], feats)
     ref = scene["mapped"][0]
-    with h5py.File(feats, "r+") as f:  # a consistent entry with 5 keypoints fewer
+    with h5py.File(feats, "r+") as f:  # a consistent entry
         for key in ("keypoints", "descriptors", "scores", "scales"):
+            if change == "moved" and key != "keypoints":
+                continue
             a = f[ref][key][()]
             del f[ref][key]
-            f[ref][key] = a[:, :-5] if key == "descriptors" else a[:-5]
+            if change == "moved":
+                a[:, :2] += 0.3
+                f[ref][key] = a
+            else:
+                f[ref][key] = a[:, :-5] if key == "descriptors" else a[:-5]
     qf = _queries_with_intrinsics(scene, tmp_path / "q.txt")
     with pytest.raises(IncompatibleFeatures, match="not built from these features"):
         localize(scene["map"], qf, scene["w"] / "pairs-loc.txt", feats, scene["matches"],

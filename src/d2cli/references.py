@@ -7,7 +7,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 
 from .errors import (
     EmptyInput,
@@ -19,6 +18,7 @@ from .io.colmap_model import read_model
 from .io.features import FeatureFile
 
 CACHE_IMAGES = 256  # reference images whose 3D lookups stay in memory
+PROBES = 64  # observed keypoints per reference image whose model position is checked
 
 
 class Reference:
@@ -60,6 +60,7 @@ class ModelReference(Reference):
         self.images = {im.name: im for im in self.rec.images.values() if im.has_pose}
         if not self.images:
             raise EmptyInput(f"{model_dir}: the reference model has no registered image")
+        self._table: tuple[np.ndarray, np.ndarray] | None = None
         if self.rec.num_points3D() == 0:
             raise EmptyInput(f"{model_dir}: the reference model has no 3D points; triangulate "
                              "it first (d2 reconstruct --reference-model)")
@@ -67,33 +68,52 @@ class ModelReference(Reference):
     def usable(self, name: str) -> bool:
         return name in self.images
 
+    def _point_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted point ids (P,), their xyz (P, 3)): one pass over the model's points,
+        made on first use. A lookup per observation through pycolmap costs ~1 us, ~1 ms
+        per reference image, which at thousands of queries outgrows the pass."""
+        if self._table is None:
+            items = self.rec.points3D.items()
+            ids = np.fromiter((i for i, _ in items), np.int64, len(items))
+            xyz = np.array([p.xyz for _, p in items], dtype=np.float64).reshape(-1, 3)
+            order = np.argsort(ids)
+            self._table = ids[order], xyz[order]
+        return self._table
+
     def _load(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         im = self.images[name]
         if name not in self.ff:
             raise IncompatibleFeatures(f"{name}: in the reference model {self.dir} but not in "
                                        f"features file {self.ff.path}")
         kp = self.ff.keypoints(name)[:, :2].astype(np.float64)
-        pts = im.points2D
-        if len(pts) != len(kp):
+        if im.num_points2D() != len(kp):
             raise IncompatibleFeatures(
-                f"{name}: the reference model {self.dir} has {len(pts)} keypoints for this image, "
-                f"features file {self.ff.path} has {len(kp)}: the model was not built from these "
-                "features (use d2 sfm, or d2 colmap-import --reference-model + d2 reconstruct)")
-        if len(kp):
-            xy = np.array([p.xy for p in pts], dtype=np.float64)
-            # the model stores COLMAP's convention (+0.5): point j must be keypoint j
-            err = float(np.abs(xy - 0.5 - kp).max())
+                f"{name}: the reference model {self.dir} has {im.num_points2D()} keypoints for "
+                f"this image, features file {self.ff.path} has {len(kp)}: the model was not "
+                "built from these features (use d2 sfm, or d2 colmap-import --reference-model "
+                "+ d2 reconstruct)")
+        # only the keypoints with a 3D point matter: read those (all of them would cost
+        # ~1 us each through pycolmap, per reference image)
+        observed = im.get_observation_points2D()
+        rows = np.asarray(im.get_observation_point2D_idxs(), dtype=np.int64)
+        point_ids = np.fromiter((p.point3D_id for p in observed), np.int64, len(observed))
+        ids = np.full(len(kp), -1, dtype=np.int64)
+        xyz = np.full((len(kp), 3), np.nan)
+        if len(rows):
+            # the model stores COLMAP's convention (+0.5): point j must be keypoint j. The
+            # positions of a spread of observed keypoints tell (a model made from other
+            # features differs at every keypoint)
+            probe = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), PROBES)).astype(int))
+            xy = np.array([observed[int(i)].xy for i in probe], dtype=np.float64)
+            err = float(np.abs(xy - 0.5 - kp[rows[probe]]).max())
             if err > 0.01:
                 raise IncompatibleFeatures(
                     f"{name}: keypoints of the reference model {self.dir} differ from features "
                     f"file {self.ff.path} by up to {err:.2f} px: the model was not built from "
                     "these features")
-        invalid = pycolmap.INVALID_POINT3D_ID
-        ids = np.array([p.point3D_id if p.point3D_id != invalid else -1 for p in pts],
-                       dtype=np.int64)
-        xyz = np.full((len(pts), 3), np.nan)
-        for j in np.flatnonzero(ids >= 0):
-            xyz[j] = self.rec.points3D[int(ids[j])].xyz
+            table_ids, table_xyz = self._point_table()
+            at = np.searchsorted(table_ids, point_ids)
+            ids[rows], xyz[rows] = point_ids, table_xyz[at]
         return xyz, ids
 
 
