@@ -40,6 +40,7 @@ import pycolmap
 
 from .colmap.cameras import ImageInfo, check_camera_model, make_camera, read_exif
 from .colmap.database import quiet_colmap
+from .colmap.keypoints import to_colmap
 from .errors import (
     BadFile,
     BadImage,
@@ -261,8 +262,7 @@ def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
     n = len(p2d)
     if n < max(MIN_POINTS, s.min_inliers):
         raise QueryFailed(f"only {n} 2D-3D correspondences (need {max(MIN_POINTS, s.min_inliers)})")
-    # keypoints have pixel centres at integers, COLMAP at +0.5
-    p2d = p2d.astype(np.float64) + 0.5
+    p2d = to_colmap(p2d.astype(np.float64))
     est = pycolmap.AbsolutePoseEstimationOptions()
     est.ransac.max_error = s.max_error
     est.ransac.random_seed = s.seed

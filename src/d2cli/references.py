@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .colmap.keypoints import from_colmap
 from .errors import (
     EmptyInput,
     IncompatibleFeatures,
@@ -100,12 +101,11 @@ class ModelReference(Reference):
         ids = np.full(len(kp), -1, dtype=np.int64)
         xyz = np.full((len(kp), 3), np.nan)
         if len(rows):
-            # the model stores COLMAP's convention (+0.5): point j must be keypoint j. The
-            # positions of a spread of observed keypoints tell (a model made from other
-            # features differs at every keypoint)
+            # point j must be keypoint j: the positions of a spread of observed keypoints
+            # tell (a model made from other features differs at every keypoint)
             probe = np.unique(np.linspace(0, len(rows) - 1, min(len(rows), PROBES)).astype(int))
             xy = np.array([observed[int(i)].xy for i in probe], dtype=np.float64)
-            err = float(np.abs(xy - 0.5 - kp[rows[probe]]).max())
+            err = float(np.abs(from_colmap(xy) - kp[rows[probe]]).max())
             if err > 0.01:
                 raise IncompatibleFeatures(
                     f"{name}: keypoints of the reference model {self.dir} differ from features "

@@ -1,6 +1,6 @@
 """COLMAP databases: ``database`` (open, stats, pycolmap imported on first use), ``cameras``
-(EXIF, camera modes), ``importer`` (``d2 colmap-import``: images, keypoints, matches,
-verification)."""
+(EXIF, camera modes), ``keypoints`` (COLMAP's +0.5 pixel convention and the one keypoint
+writer), ``importer`` (``d2 colmap-import``: images, keypoints, matches, verification)."""
 
 from __future__ import annotations
 

@@ -53,6 +53,7 @@ from .cameras import (
     read_exif,
 )
 from .database import database_stats, open_database, quiet_colmap
+from .keypoints import from_colmap, write_keypoints
 
 # Pairs per verify_matches call. Each call sets up COLMAP's matcher anew and re-reads the
 # database's images (~0.6 s at 5,000 images, measured): with fixed 64-pair calls that
@@ -361,14 +362,13 @@ def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
         else:
             ids = _write_images(result, ff, db, names, camera_mode, camera_model, camera_params,
                                 progress)
-        # keypoints (+0.5: COLMAP puts the top-left pixel centre at (0.5, 0.5))
         num_kp: dict[str, int] = {}
         stage = Stage(progress, "keypoints", len(ids), unit="img")
         for n in sorted(ids):
-            kp = _colmap_keypoints(ff, n)
+            kp = ff.keypoints(n)
             num_kp[n] = len(kp)
             if not db.exists_keypoints(ids[n]):
-                db.write_keypoints(ids[n], kp)
+                write_keypoints(db, ids[n], kp)
                 result.keypoints_written += 1
             stage.advance(n)
 
@@ -470,10 +470,6 @@ def _readable_entries(result: ImportResult, ff: FeatureFile) -> list[str]:
     return names
 
 
-def _colmap_keypoints(ff: FeatureFile, name: str) -> np.ndarray:
-    return np.ascontiguousarray(ff.keypoints(name)[:, :2], dtype=np.float32) + np.float32(0.5)
-
-
 def _write_images(result: ImportResult, ff: FeatureFile, db: pycolmap.Database, names: list[str],
                   camera_mode: str, camera_model: str, camera_params: Sequence[float] | None,
                   progress: ProgressFn | None) -> dict[str, int]:
@@ -486,8 +482,8 @@ def _write_images(result: ImportResult, ff: FeatureFile, db: pycolmap.Database, 
             continue
         existing[n] = have
         if db.exists_keypoints(have.image_id):
-            kp = db.read_keypoints(have.image_id)[:, :2]
-            new = _colmap_keypoints(ff, n)
+            kp = from_colmap(db.read_keypoints(have.image_id)[:, :2])
+            new = ff.keypoints(n)[:, :2]
             if kp.shape != new.shape or not np.allclose(kp, new, atol=1e-3):
                 raise IncompatibleFeatures(
                     f"{result.database}: image {n} already has other keypoints than "

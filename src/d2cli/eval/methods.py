@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..colmap.keypoints import from_colmap
 from ..device import pick_device
 from ..errors import OutputError, UsageError
 from ..extract import ExtractSettings, extract
@@ -263,7 +264,7 @@ def sift_features(bitmap: Any, extractor: Any, max_image_size: int) -> dict[str,
     kps, descs = extractor.extract(bitmap)
     sx, sy = w / bitmap.width, h / bitmap.height
     xy = np.array([[k.x, k.y] for k in kps], dtype=np.float64).reshape(-1, 2)
-    xy = (xy * [sx, sy] - 0.5).astype(np.float32)
+    xy = from_colmap(xy * [sx, sy]).astype(np.float32)
     d = np.asarray(descs.data, dtype=np.float32).reshape(-1, 128)
     d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
     n = len(xy)

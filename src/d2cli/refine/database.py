@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..colmap.database import open_database, quiet_colmap
+from ..colmap.keypoints import write_keypoints
 from ..errors import InputNotFound
 from ..images import image_under, load_rgb
 from ..io.atomic import write_atomic
@@ -30,8 +31,6 @@ from ..io.journal import JsonJournal
 from ..jobs import ProgressFn, Stage, interruptible
 from .config import RefineConfig
 from .tracks import PairMoves, apply_moves, build_tracks, track_moves
-
-COLMAP_OFFSET = 0.5  # COLMAP puts the top-left pixel centre at (0.5, 0.5)
 
 
 @dataclass
@@ -173,4 +172,4 @@ def _write_database(src: Path, out: Path, ids: dict[str, int],
         shutil.copyfile(src, tmp)
         with quiet_colmap(), open_database(tmp, create=False) as db:
             for n, kp in refined.items():
-                db.update_keypoints(ids[n], (kp + COLMAP_OFFSET).astype(np.float32))
+                write_keypoints(db, ids[n], kp, replace=True)

@@ -12,6 +12,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 
 from ..colmap.database import open_database
+from ..colmap.keypoints import from_colmap
 from ..errors import BadFile, InputNotFound, MissingName
 from ..images import load_rgb
 from ..io.features import FeatureFile, MatchFile
@@ -52,8 +53,8 @@ def _pair_from_db(db: Any, loc0: _Located, loc1: _Located, db_path: Path) -> _Pa
     if not db.exists_matches(id0, id1):
         raise MissingName(f"pair {loc0.name} {loc1.name}: no matches in {db_path}")
     matches = np.asarray(db.read_matches(id0, id1), dtype=np.int64).reshape(-1, 2)
-    kp0 = np.asarray(db.read_keypoints(id0))[:, :2] - 0.5  # COLMAP: pixel centre at +0.5
-    kp1 = np.asarray(db.read_keypoints(id1))[:, :2] - 0.5
+    kp0 = from_colmap(np.asarray(db.read_keypoints(id0))[:, :2])
+    kp1 = from_colmap(np.asarray(db.read_keypoints(id1))[:, :2])
     inlier, config = None, None
     if db.exists_two_view_geometry(id0, id1):
         tvg = db.read_two_view_geometry(id0, id1)  # columns already in (id0, id1) order

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..colmap.keypoints import from_colmap
 from ..errors import BadFile, EmptyInput, InputNotFound, UsageError
 from ..images import find_images, load_rgb
 from .augment import HomographyRange, photometric, random_homography, warp_image
@@ -244,9 +245,9 @@ class ColmapTracks(PairSource):
             raw_hw = _image_size(sc.image_dir / sc.names[k])
             img = self._image(sc.image_dir / sc.names[k], self.max_edge, crop).astype(np.float32)
             f = img.shape[0] / raw_hw[0]
-            # COLMAP (x, y), pixel centres at +0.5 -> (row, col) centres at integers, resized
+            # COLMAP (x, y) -> (row, col) in d2cli pixels of the resized image
             rc = np.array([[sc.points[k][p][1], sc.points[k][p][0]] for p in common])
-            rc = rc * f - 0.5
+            rc = from_colmap(rc * f)
             c = rc[common.index(centre)]
             top = crop_origin(c[0], img.shape[0], crop)
             left = crop_origin(c[1], img.shape[1], crop)
