@@ -24,7 +24,8 @@ Matches file (``matches.h5``)::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ import numpy as np
 
 from ..errors import BadFile, MissingName
 from . import h5safe
-from .h5store import list_entries, open_h5, read_attrs
+from .atomic import write_atomic
+from .h5store import h5_file, list_entries, open_h5, read_attrs, write_attrs
 
 # what a features entry may hold (io/h5safe): keypoints at most this far outside the
 # image (pixel centres and sub-pixel refinement stay well inside it); image sides up to
@@ -185,6 +187,20 @@ class FeatureFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_moved_keypoints(src: str | os.PathLike, out: str | os.PathLike,
+                          keypoints: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
+    """``out``: features file ``src`` with new positions for the keypoints of the entries in
+    ``keypoints`` (name -> an array of the stored shape) and file attributes
+    ``attrs`` added (as :func:`~d2cli.io.h5store.write_attrs`); atomic, fsynced."""
+    src = Path(src)
+    with write_atomic(Path(out), fsync=True, need_bytes=2 * src.stat().st_size) as tmp:
+        shutil.copyfile(src, tmp)
+        with h5_file(tmp, "r+") as f:
+            for name, kp in keypoints.items():
+                f[name]["keypoints"][...] = np.asarray(kp, dtype=np.float32)
+            write_attrs(f, attrs)
 
 
 def pair_key(name0: str, name1: str, sep: str = "/") -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -25,8 +24,7 @@ from ..colmap.keypoints import write_keypoints
 from ..errors import InputNotFound
 from ..images import image_under, load_rgb
 from ..io.atomic import write_atomic
-from ..io.features import FeatureFile
-from ..io.h5store import h5_file
+from ..io.features import FeatureFile, write_moved_keypoints
 from ..io.journal import JsonJournal
 from ..jobs import ProgressFn, Stage, interruptible
 from .config import RefineConfig
@@ -121,7 +119,7 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
     moved = shifts[shifts > 0]
     result.images, result.keypoints_moved = len(names), int(len(moved))
     result.median_shift = float(np.median(moved)) if len(moved) else 0.0
-    _write_features(Path(features), result.features, refined, config)
+    write_moved_keypoints(features, result.features, refined, {"refine": config.as_dict()})
     _write_database(Path(database), result.database, ids, refined)
     journal.remove()
     result.seconds = time.perf_counter() - t0
@@ -154,16 +152,6 @@ def _moves_from_json(d: dict[str, Any]) -> PairMoves | None:
                           for n, i, p in d["moves"]])
     except (KeyError, TypeError, ValueError):  # not a record of ours: redo that pair
         return None
-
-
-def _write_features(src: Path, out: Path, refined: dict[str, np.ndarray],
-                    config: RefineConfig) -> None:
-    with write_atomic(out, fsync=True, need_bytes=2 * src.stat().st_size) as tmp:
-        shutil.copyfile(src, tmp)
-        with h5_file(tmp, "r+") as f:
-            for n, kp in refined.items():
-                f[n]["keypoints"][...] = kp.astype(np.float32)
-            f.attrs["refine_json"] = json.dumps(config.as_dict(), sort_keys=True)
 
 
 def _write_database(src: Path, out: Path, ids: dict[str, int],
