@@ -53,7 +53,7 @@ from .errors import (
 )
 from .images import image_under, read_image_size
 from .io.atomic import write_text_atomic
-from .io.features import FeatureFile, MatchFile
+from .io.features import FeatureFile, MatchFile, image_folder, require_image_folder
 from .io.journal import JsonJournal, fingerprint
 from .io.pairs import read_pairs
 from .jobs import ProgressFn, Stage, interruptible
@@ -434,14 +434,8 @@ def localize(
             reference = ModelReference(ff, Path(reference_model))
         result = LocalizeResult(out=out, log=log_path, reference=ref_path, mode=reference.mode,
                                 queries=len(query_list), ignored_pairs=ignored)
-        root = image_dir if image_dir is not None else ff.attrs.get("image_root")
-        if image_dir is not None and not Path(image_dir).is_dir():
-            raise InputNotFound(f"{image_dir}: image folder not found")
-        img_dir = Path(root) if root and Path(root).is_dir() else None
-        if refine is not None and img_dir is None:
-            raise InputNotFound(f"refinement reads the images, and the image folder "
-                                f"{root or '(none recorded in ' + str(features) + ')'} is not "
-                                "there: pass --image-dir")
+        img_dir = (require_image_folder(ff, image_dir, "refinement") if refine is not None
+                   else image_folder(ff, image_dir))
         refiner = QueryRefiner(refine, img_dir) if refine is not None else None
 
         journal = Journal(Path(str(out) + ".partial"), header)

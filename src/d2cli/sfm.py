@@ -27,7 +27,7 @@ from .errors import D2Error, IncompatibleFeatures, OutputError, UsageError
 from .extract import ExtractSettings, extract
 from .images import DEFAULT_MAX_PIXELS
 from .io.atomic import write_json_atomic
-from .io.features import FeatureFile
+from .io.features import FeatureFile, image_folder
 from .io.pairs import pairs_file_equals
 from .jobs import ProgressFn, Stage, relabel
 from .match import MatchSettings, match
@@ -195,7 +195,8 @@ def _pairs_step(result: SfmResult, feats: Path, pairs_path: Path,
     """The pairs of the images that have features; the file is rewritten only if it differs."""
     with FeatureFile(feats) as ff:
         names = sorted(ff.names)
-        image_root = ff.attrs.get("image_root")
+        folder = image_folder(ff)
+        image_root = str(folder) if folder is not None else None
     if len(names) < 2:
         raise UsageError(f"{len(names)} image(s) with features: a reconstruction needs at least 2")
     chosen = strategy.resolved(len(names))
@@ -253,9 +254,8 @@ def _reconstruct_step(result: SfmResult, database: Path, sparse: Path, stamp_pat
         result.skipped.append("reconstruct")
     else:
         stamp_path.unlink(missing_ok=True)  # the old model no longer matches the database
-        images = image_root if image_root and Path(image_root).is_dir() else None
         try:
-            rc = reconstruct(database, sparse, image_dir=images, **options)
+            rc = reconstruct(database, sparse, image_dir=image_root, **options)
         except D2Error as e:  # name the inputs that failed earlier: they may be why
             if not result.failed:
                 raise

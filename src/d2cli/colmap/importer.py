@@ -39,7 +39,13 @@ from ..errors import BadFile, BadImage, IncompatibleFeatures, InputNotFound, Out
 from ..images import image_under, read_image_size
 from ..io.atomic import new_temporary
 from ..io.colmap_model import read_model
-from ..io.features import FeatureFile, MatchFile, colliding_names, pair_collision
+from ..io.features import (
+    FeatureFile,
+    MatchFile,
+    colliding_names,
+    image_folder,
+    pair_collision,
+)
 from ..io.lock import exclusive_lock
 from ..io.pairs import normalize_pairs, read_pair_lines, write_pairs
 from ..io.provenance import differences
@@ -315,10 +321,7 @@ def colmap_import(
                               matches=Path(matches) if matches is not None else None)
 
         with FeatureFile(features) as ff, quiet_colmap(verbose):
-            root = image_dir if image_dir is not None else ff.attrs.get("image_root")
-            if image_dir is not None and not Path(image_dir).is_dir():
-                raise InputNotFound(f"{image_dir}: image folder not found")
-            result.image_dir = Path(root) if root and Path(root).is_dir() else None
+            result.image_dir = image_folder(ff, image_dir)
 
             mf = MatchFile(matches) if matches is not None else None
             try:

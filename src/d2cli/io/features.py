@@ -33,7 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import BadFile, MissingName
+from ..errors import BadFile, InputNotFound, MissingName
 from . import h5safe
 from .atomic import write_atomic
 from .h5store import h5_file, list_entries, open_h5, read_attrs, write_attrs
@@ -187,6 +187,31 @@ class FeatureFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def image_folder(ff: FeatureFile | None, image_dir: str | os.PathLike | None = None
+                 ) -> Path | None:
+    """Where the images of a features file are: ``image_dir`` when given (it must be a
+    folder), else the image root ``d2 extract`` recorded in ``ff`` if that folder is there,
+    else None (features made elsewhere, or the images moved)."""
+    if image_dir is not None:
+        if not Path(image_dir).is_dir():
+            raise InputNotFound(f"{image_dir}: image folder not found")
+        return Path(image_dir)
+    root = ff.attrs.get("image_root") if ff is not None else None
+    return Path(root) if root and Path(root).is_dir() else None
+
+
+def require_image_folder(ff: FeatureFile | None, image_dir: str | os.PathLike | None,
+                         why: str) -> Path:
+    """:func:`image_folder` for a step that must read the images (``why``: which step)."""
+    folder = image_folder(ff, image_dir)
+    if folder is None:
+        root = ff.attrs.get("image_root") if ff is not None else None
+        where = root or f"(none recorded in {ff.path if ff is not None else 'the features'})"
+        raise InputNotFound(f"{why} reads the images, and the image folder {where} is not "
+                            "there: pass --image-dir")
+    return folder
 
 
 def write_moved_keypoints(src: str | os.PathLike, out: str | os.PathLike,

@@ -24,7 +24,7 @@ from ..colmap.keypoints import write_keypoints
 from ..errors import InputNotFound
 from ..images import image_under, load_rgb
 from ..io.atomic import write_atomic
-from ..io.features import FeatureFile, write_moved_keypoints
+from ..io.features import FeatureFile, require_image_folder, write_moved_keypoints
 from ..io.journal import JsonJournal
 from ..jobs import ProgressFn, Stage, interruptible
 from .config import RefineConfig
@@ -86,7 +86,7 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
     result = RefineResult(Path(out_features), Path(out_database))
     ids, matches = verified_matches(database)
     with FeatureFile(features) as ff:
-        root = Path(image_dir or ff.attrs.get("image_root") or ".")
+        root = require_image_folder(ff, image_dir, "refinement")
         names = [n for n in ff.names if n in ids]
         kps = {n: ff.keypoints(n) for n in names}
     for n in names:

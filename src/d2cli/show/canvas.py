@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ..errors import BadFile, InputNotFound, MissingName, OutputError, UsageError
+from ..images import image_under
 from ..io.atomic import write_atomic
 from ..io.features import FeatureFile
 
@@ -106,23 +107,15 @@ class _Located:
     path: Path  # the image file
 
 
-def _image_root(ff: FeatureFile | None, image_dir: str | os.PathLike | None) -> Path | None:
-    if image_dir is not None:
-        if not Path(image_dir).is_dir():
-            raise InputNotFound(f"{image_dir}: image folder not found")
-        return Path(image_dir)
-    root = ff.attrs.get("image_root") if ff is not None else None
-    return Path(root) if root else None
-
-
 def _locate(image: str | os.PathLike, known: Callable[[str], bool], root: Path | None,
             where: str) -> _Located:
     """IMAGE as a name in ``where`` (the image under ``root``) or as a path to an image file."""
     text = str(image)
     if known(text):
         if root is None:
-            raise InputNotFound(f"{text}: no image folder recorded in {where}; pass --image-dir")
-        path = root / text
+            raise InputNotFound(f"{text}: the image folder recorded in {where} is not there "
+                                "(or none is); pass --image-dir")
+        path = image_under(root, text)
         if not path.is_file():
             raise InputNotFound(f"{path}: image not found (pass --image-dir if the images moved)")
         return _Located(text, path)

@@ -11,6 +11,7 @@ from matplotlib.lines import Line2D
 
 from ..errors import UsageError
 from ..images import load_rgb
+from ..io.features import image_folder
 from .canvas import (
     COLOR_BY,
     ShowResult,
@@ -20,7 +21,6 @@ from .canvas import (
     _figure,
     _fit,
     _image_axes,
-    _image_root,
     _locate,
     _open_features,
     _pixel_axes,
@@ -49,7 +49,7 @@ def show_keypoints(
         raise UsageError(f"unknown colouring {color_by!r} (one of {', '.join(COLOR_BY)})")
     out = _check_out(out)
     with _open_features(features) as ff:
-        loc = _locate(image, ff.__contains__, _image_root(ff, image_dir), f"features file {ff.path}")
+        loc = _locate(image, ff.__contains__, image_folder(ff, image_dir), f"features file {ff.path}")
         feats = ff[loc.name]
     rgb = load_rgb(loc.path)
     _check_size(loc, rgb, tuple(int(v) for v in feats.image_size[:2]), f"features file {features}")

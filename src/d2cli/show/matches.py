@@ -15,7 +15,7 @@ from ..colmap.database import open_database
 from ..colmap.keypoints import from_colmap
 from ..errors import BadFile, InputNotFound, MissingName
 from ..images import load_rgb
-from ..io.features import FeatureFile, MatchFile
+from ..io.features import FeatureFile, MatchFile, image_folder
 from .canvas import (
     INLIER_COLOR,
     MIN_EDGE,
@@ -26,7 +26,6 @@ from .canvas import (
     _check_size,
     _figure,
     _image_axes,
-    _image_root,
     _locate,
     _Located,
     _open_features,
@@ -102,7 +101,7 @@ def show_matches(
     else:
         ff = None
     try:
-        root = _image_root(ff, image_dir)
+        root = image_folder(ff, image_dir)
         if db_path is not None:
             with open_database(db_path, create=False) as cdb:
                 def known(n: str) -> bool:
