@@ -3,7 +3,6 @@ from a COLMAP model built from the same features, or from InLoc's per-cutout XYZ
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from .errors import (
 from .inloc import alignment_path, read_alignment, read_xyzcut, sample_xyz
 from .io.colmap_model import read_model
 from .io.features import FeatureFile
+from .lru import LRU
 
 CACHE_IMAGES = 256  # reference images whose 3D lookups stay in memory
 PROBES = 64  # observed keypoints per reference image whose model position is checked
@@ -29,7 +29,8 @@ class Reference:
 
     def __init__(self, ff: FeatureFile) -> None:
         self.ff = ff
-        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._cache: LRU[str, tuple[np.ndarray, np.ndarray | None]] = LRU(self._load,
+                                                                          CACHE_IMAGES)
 
     def usable(self, name: str) -> bool:
         raise NotImplementedError
@@ -39,14 +40,7 @@ class Reference:
 
     def points(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """(xyz (N, 3) with NaN rows, point ids (N,) or None) for the N keypoints of ``name``."""
-        if name in self._cache:
-            self._cache.move_to_end(name)
-            return self._cache[name]
-        got = self._load(name)
-        self._cache[name] = got
-        if len(self._cache) > CACHE_IMAGES:
-            self._cache.popitem(last=False)
-        return got
+        return self._cache[name]
 
 
 class ModelReference(Reference):

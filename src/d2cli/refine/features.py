@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..images import preprocess
+from ..lru import LRU
 from ..model import load_d2net
 from ..weights import resolve_model
 from .config import LAYERS, RefineConfig
@@ -143,20 +144,10 @@ class PatchFeatures:
         return int(ch * self.template.shape[0])
 
 
-class ImageCache:
+class ImageCache(LRU[str, torch.Tensor]):
     """The last ``size`` images as :func:`image_tensor` makes them, loaded on demand by
-    ``load(name) -> (H, W, 3) uint8`` (least recently used dropped first)."""
+    ``load(name) -> (H, W, 3) uint8``."""
 
     def __init__(self, load: Callable[[str], np.ndarray], config: RefineConfig,
                  device: torch.device, size: int = 4) -> None:
-        self.load, self.config, self.device, self.size = load, config, device, max(1, size)
-        self._t: dict[str, torch.Tensor] = {}
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name in self._t:
-            self._t[name] = self._t.pop(name)  # most recently used last
-        else:
-            if len(self._t) >= self.size:
-                self._t.pop(next(iter(self._t)))
-            self._t[name] = image_tensor(self.load(name), self.config, self.device)
-        return self._t[name]
+        super().__init__(lambda name: image_tensor(load(name), config, device), size)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,13 @@ from PIL import Image
 from ..colmap.keypoints import from_colmap
 from ..errors import BadFile, EmptyInput, InputNotFound, UsageError
 from ..images import find_images, load_rgb
+from ..lru import LRU
 from .augment import HomographyRange, photometric, random_homography, warp_image
 from .loss import cell_centres
 from .warp import DEPTH_TOLERANCE, warp_depth, warp_homography
 
 KINDS = ("depth", "colmap", "homography")
+IMAGES_CACHED = 32  # decoded training images kept per source
 
 
 @dataclass
@@ -59,7 +60,8 @@ class PairSource(ABC):
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._cache: LRU[tuple[Path, int | None, int], np.ndarray] = LRU(
+            lambda key: _decoded(*key), IMAGES_CACHED)
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -73,20 +75,17 @@ class PairSource(ABC):
 
     def _image(self, path: Path, max_edge: int | None = None, min_side: int = 0) -> np.ndarray:
         """Decoded image (H, W, 3) uint8, resized to fit max_edge / reach min_side; LRU-cached."""
-        key = path
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        img = load_rgb(path)
-        f = _resize_factor(img.shape[:2], max_edge, min_side)
-        if f != 1.0:
-            h, w = img.shape[:2]
-            size = (max(1, round(w * f)), max(1, round(h * f)))
-            img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
-        self._cache[key] = img
-        if len(self._cache) > 32:
-            self._cache.popitem(last=False)
-        return img
+        return self._cache[path, max_edge, min_side]
+
+
+def _decoded(path: Path, max_edge: int | None, min_side: int) -> np.ndarray:
+    img = load_rgb(path)
+    f = _resize_factor(img.shape[:2], max_edge, min_side)
+    if f != 1.0:
+        h, w = img.shape[:2]
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        img = np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
+    return img
 
 
 def _resize_factor(hw: tuple[int, ...], max_edge: int | None, min_side: int) -> float:
