@@ -326,6 +326,24 @@ def test_setup_errors_exit_2_with_one_line(d2, work, verified_db, tmp_path, args
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("missing", ["features", "matches", "image folder"])
+def test_overwrite_with_a_missing_input_keeps_the_database(d2, work, verified_db, tmp_path,
+                                                           missing):
+    """Inputs are opened before --overwrite deletes anything: a typo costs no database."""
+    db = tmp_path / "db.db"
+    shutil.copy(verified_db[0], db)
+    before = db.read_bytes()
+    feats = tmp_path / "none.h5" if missing == "features" else work / "feats.h5"
+    matches = tmp_path / "none.h5" if missing == "matches" else work / "matches.h5"
+    extra = ["--image-dir", tmp_path / "no-images"] if missing == "image folder" else []
+    proc = d2("colmap-import", db, "-f", feats, "-m", matches, "--overwrite", *extra)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert ("image folder not found" if missing == "image folder"
+            else f"{missing} file not found") in proc.stderr
+    assert db.read_bytes() == before
+
+
 # --------------------------------------------------------------------------- reconstruct
 @pytest.mark.parametrize("which, min_registered", [
     ("sample_model", MIN_REGISTERED_INCREMENTAL), ("global_model", MIN_REGISTERED_GLOBAL)])

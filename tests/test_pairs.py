@@ -199,7 +199,7 @@ def test_cli_from_model_and_poses(tmp_path, d2):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["exhaustive", "--features", "nope.h5"], "nope.h5: no such file"),
+    (["exhaustive", "--features", "nope.h5"], "nope.h5: features file not found"),
     (["exhaustive", "--query-list", "missing.txt"], "missing.txt: name list not found"),
     (["exhaustive", "--query-prefix", "zz"], "no query image matches prefix 'zz'"),
     (["exhaustive", "--image-list", "spaces.txt"], "contains whitespace"),

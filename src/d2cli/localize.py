@@ -409,9 +409,6 @@ def localize(
         raise UsageError(f"min-inliers must be >= {MIN_POINTS}")
     out = Path(out)
     log_path = _log_path(out, log)
-    for p, what in ((features, "features"), (matches, "matches")):
-        if not Path(p).is_file():
-            raise InputNotFound(f"{p}: {what} file not found")
     query_list = read_queries(queries)
     if not full_names:
         _check_basenames(query_list)

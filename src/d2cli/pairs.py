@@ -257,9 +257,7 @@ def read_global_descriptors(path: str | os.PathLike) -> tuple[list[str], np.ndar
     from .io.h5store import list_entries, open_h5
 
     p = Path(path)
-    if not p.is_file():
-        raise InputNotFound(f"{p}: global descriptors file not found")
-    with open_h5(p) as h5:
+    with open_h5(p, what="global descriptors file") as h5:
         names = list_entries(h5, holding="global_descriptor")
         if not names:
             raise EmptyInput(f"{p}: no <name>/global_descriptor datasets (hloc layout)")

@@ -98,7 +98,7 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     paths = [Path(p) for p in parts]
     attrs = []
     for p in paths:
-        with open_h5(p) as f:
+        with open_h5(p, what="part file") as f:
             attrs.append(read_attrs(f))
     for p, a in zip(paths[1:], attrs[1:], strict=True):
         diff = differences(attrs[0], a, keys=MERGE_KEYS)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import pycolmap
 
-from ..errors import BadFile, BadImage, IncompatibleFeatures, InputNotFound, OutputError, UsageError
+from ..errors import BadFile, BadImage, IncompatibleFeatures, OutputError, UsageError
 from ..images import image_under, read_image_size
 from ..io.atomic import new_temporary
 from ..io.colmap_model import read_model
@@ -299,43 +300,37 @@ def colmap_import(
     camera_model = check_camera_model(camera_model, camera_params)
     database = Path(database)
     features = Path(features)
-    if not features.is_file():
-        raise InputNotFound(f"{features}: features file not found")
-    if matches is not None and not Path(matches).is_file():
-        raise InputNotFound(f"{matches}: matches file not found")
     if pairs is not None and matches is None:
         raise UsageError("a pairs list needs a matches file")
-    try:
-        database.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{database}: cannot write here ({e.strerror})") from None
-    with exclusive_lock(Path(str(database) + ".lock"),  # one writer at a time
-                        busy=f"{database} is being written by another d2 process; wait for it",
-                        unwritable=f"{database}: cannot write here"):
-        if overwrite:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                p = Path(str(database) + suffix)
-                if p.is_file():
-                    p.unlink()
-        result = ImportResult(database=database, features=features,
-                              matches=Path(matches) if matches is not None else None)
+    with ExitStack() as inputs:  # opened before anything is written: a bad input changes nothing
+        ff = inputs.enter_context(FeatureFile(features))
+        mf = inputs.enter_context(MatchFile(matches)) if matches is not None else None
+        images = image_folder(ff, image_dir)
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{database}: cannot write here ({e.strerror})") from None
+        with exclusive_lock(Path(str(database) + ".lock"),  # one writer at a time
+                            busy=f"{database} is being written by another d2 process; wait for it",
+                            unwritable=f"{database}: cannot write here"):
+            if overwrite:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    p = Path(str(database) + suffix)
+                    if p.is_file():
+                        p.unlink()
+            result = ImportResult(database=database, features=features,
+                                  matches=Path(matches) if matches is not None else None)
 
-        with FeatureFile(features) as ff, quiet_colmap(verbose):
-            result.image_dir = image_folder(ff, image_dir)
-
-            mf = MatchFile(matches) if matches is not None else None
-            try:
+            result.image_dir = images
+            with quiet_colmap(verbose):
                 to_verify = _write_database(result, ff, mf, pairs, camera_mode, camera_model,
                                             camera_params, verify, reference_model, prune,
                                             progress)
                 if to_verify and mf is not None:
                     _verify(result, to_verify, mf, progress)
-            finally:
-                if mf is not None:
-                    mf.close()
-        result.stats = database_stats(database)
-        result.seconds = time.perf_counter() - t0
-        return result
+            result.stats = database_stats(database)
+            result.seconds = time.perf_counter() - t0
+            return result
 
 
 def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,

@@ -76,7 +76,7 @@ class FeatureFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._h5 = open_h5(self.path)
+        self._h5 = open_h5(self.path, what="features file")
         self.attrs: dict[str, Any] = read_attrs(self._h5)
         self._names: list[str] | None = None
         self._name_set: set[str] | None = None
@@ -263,7 +263,7 @@ class MatchFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._h5 = open_h5(self.path)
+        self._h5 = open_h5(self.path, what="matches file")
         self.attrs: dict[str, Any] = read_attrs(self._h5)
 
     def find(self, name0: str, name1: str) -> tuple[str, bool] | None:

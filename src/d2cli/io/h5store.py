@@ -39,7 +39,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import BadFile, OutputError
+from ..errors import BadFile, InputNotFound, OutputError
 from .atomic import write_atomic
 from .lock import exclusive_lock
 
@@ -162,11 +162,12 @@ def release_hdf5_memory() -> None:
     malloc_trim(0)
 
 
-def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
-    """Open an HDF5 file for reading with a one-line error on failure."""
+def open_h5(path: str | os.PathLike, mode: str = "r", what: str = "HDF5 file") -> h5py.File:
+    """Open an HDF5 file with a one-line error on failure (``what``: the file's role, for
+    the message: "features file", "matches file", ...)."""
     p = Path(path)
     if not p.exists():
-        raise BadFile(f"{p}: no such file")
+        raise InputNotFound(f"{p}: {what} not found")
     try:
         return h5_file(p, mode)
     except OSError as e:

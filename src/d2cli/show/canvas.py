@@ -145,6 +145,4 @@ def _check_size(loc: _Located, rgb: np.ndarray, size_wh: tuple[int, int] | None,
 
 
 def _open_features(features: str | os.PathLike) -> FeatureFile:
-    if not Path(features).is_file():
-        raise InputNotFound(f"{features}: features file not found")
     return FeatureFile(features)

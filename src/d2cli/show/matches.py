@@ -116,8 +116,6 @@ def show_matches(
             where = f"features file {ff.path}"
             loc0 = _locate(name0, ff.__contains__, root, where)
             loc1 = _locate(name1, ff.__contains__, root, where)
-            if not Path(matches).is_file():
-                raise InputNotFound(f"{matches}: matches file not found")
             with MatchFile(matches) as mf:
                 m, _ = mf.get(loc0.name, loc1.name)
             f0, f1 = ff[loc0.name], ff[loc1.name]
