@@ -424,9 +424,14 @@ def test_reference_model_triangulation(work, global_model, tmp_path):
         d.write_image(pycolmap.Image(name="aaa-first.jpg", camera_id=cam))
     colmap_import(other, work / "feats.h5", None)  # the photos get ids 2..7
     before = dump(other)
-    with pytest.raises(IncompatibleFeatures, match="not built from the reference model"):
+    with pytest.raises(IncompatibleFeatures, match="not made from the reference model"):
         colmap_import(other, work / "feats.h5", work / "matches.h5", reference_model=ref_dir)
     assert dump(other) == before
+    # and triangulating it against the model is refused by the same check
+    with pytest.raises(IncompatibleFeatures, match=r"not made from the reference model .* "
+                       "run d2 colmap-import --reference-model first"):
+        reconstruct(other, tmp_path / "tri-other", reference_model=ref_dir, num_threads=2)
+    assert not (tmp_path / "tri-other").exists()
 
 
 # --------------------------------------------------------------------------- sfm

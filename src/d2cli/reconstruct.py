@@ -28,7 +28,7 @@ from typing import Any
 
 import pycolmap
 
-from .colmap.database import open_database, quiet_colmap
+from .colmap.database import check_mirrors_model, open_database, quiet_colmap
 from .colmap.importer import UNUSABLE_CONFIGS
 from .errors import EmptyInput, InputNotFound, OutputError, PartialFailure, UsageError
 from .io.atomic import new_temporary_dir
@@ -397,15 +397,10 @@ def _load_reference(model_dir: Path, database: Path) -> pycolmap.Reconstruction:
     """The reference model, checked against the database it is triangulated with."""
     ref = read_model(model_dir, "reference model")
     with open_database(database) as db:
+        check_mirrors_model(db, ref, database, model_dir,
+                            "run d2 colmap-import --reference-model first")
         for im in ref.images.values():
-            have = db.read_image_with_name(im.name)
-            if have is None or have.image_id != im.image_id:
-                raise UsageError(
-                    f"{database} was not made from the reference model {model_dir} "
-                    f"(image {im.name}); run d2 colmap-import --reference-model first")
-            if not im.has_pose:
-                continue
-            if not db.exists_keypoints(im.image_id):
+            if im.has_pose and not db.exists_keypoints(im.image_id):
                 raise UsageError(f"{database}: image {im.name} of the reference model has no "
                                  "keypoints; import its features first")
     # Observations of the reference model index its own keypoints, not the database's.

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadFile, InputNotFound, OutputError
+from ..errors import BadFile, IncompatibleFeatures, InputNotFound, OutputError
 
 
 @contextmanager
@@ -55,6 +55,18 @@ def open_database(path: str | os.PathLike, *, create: bool = True) -> Iterator[A
         yield db
     finally:
         db.close()
+
+
+def check_mirrors_model(db: Any, rec: Any, database: str | os.PathLike,
+                        model_dir: str | os.PathLike, remedy: str) -> None:
+    """``db`` holds every image of the reference model ``rec`` under the model's image id
+    (as ``colmap-import --reference-model`` writes them); else IncompatibleFeatures naming
+    the first image that differs, and ``remedy``."""
+    for im in rec.images.values():
+        have = db.read_image_with_name(im.name)
+        if have is None or have.image_id != im.image_id:
+            raise IncompatibleFeatures(f"{database} was not made from the reference model "
+                                       f"{model_dir} (image {im.name}); {remedy}")
 
 
 def database_stats(database: str | os.PathLike) -> dict[str, int]:

@@ -59,7 +59,7 @@ from .cameras import (
     make_camera,
     read_exif,
 )
-from .database import database_stats, open_database, quiet_colmap
+from .database import check_mirrors_model, database_stats, open_database, quiet_colmap
 from .keypoints import from_colmap, write_keypoints
 
 # Pairs per verify_matches call. Each call sets up COLMAP's matcher anew and re-reads the
@@ -225,13 +225,10 @@ def _mirror_reference_model(result: ImportResult, ff: FeatureFile, db: pycolmap.
     """Write the model's cameras, rigs, frames and images with their ids (checked first)."""
     ids: dict[str, int] = {}
     fresh = db.num_images() == 0
+    if not fresh:  # a second import: the ids must already agree
+        check_mirrors_model(db, rec, result.database, model_dir,
+                            "use a new database or --overwrite")
     for im in rec.images.values():
-        if not fresh:  # a second import: the ids must already agree
-            have = db.read_image_with_name(im.name)
-            if have is None or have.image_id != im.image_id:
-                raise IncompatibleFeatures(
-                    f"{result.database} was not built from the reference model {model_dir} "
-                    f"(image {im.name}); use a new database or --overwrite")
         if im.name not in ff:
             result.failed[im.name] = (
                 f"{im.name}: in the reference model but not in features file {ff.path}")
