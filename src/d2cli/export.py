@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError, UsageError
-from .io.atomic import new_temporary_dir, write_atomic
+from .io.atomic import move_into, new_temporary_dir, write_atomic
 from .io.colmap_model import read_model
 
 FORMATS = ("txt", "bin", "ply")
@@ -53,11 +53,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike,
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = new_temporary_dir(out)
             (rec.write_text if format == "txt" else rec.write_binary)(str(tmp))
-            if out.is_dir():  # file by file: other files already in out stay
-                for f in tmp.iterdir():
-                    os.replace(f, out / f.name)
-            else:
-                os.replace(tmp, out)
+            move_into(tmp, out, [f.name for f in tmp.iterdir()])  # other files in out stay
         except OSError as e:
             raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
         finally:

@@ -31,7 +31,7 @@ import pycolmap
 from .colmap.database import check_mirrors_model, open_database, quiet_colmap
 from .colmap.importer import UNUSABLE_CONFIGS
 from .errors import EmptyInput, InputNotFound, OutputError, PartialFailure, UsageError
-from .io.atomic import new_temporary_dir
+from .io.atomic import move_into, new_temporary_dir
 from .io.colmap_model import read_model
 from .isolated import run_isolated
 from .jobs import ProgressFn, Stage
@@ -230,16 +230,8 @@ def _write_models(recs: list[pycolmap.Reconstruction], out: Path, scratch: Path)
         d.mkdir(parents=True, exist_ok=True)
         rec.write(d)
         paths.append(out if k == 0 else out / "models" / str(k))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        old_models = out / "models"
-        if old_models.is_dir():
-            shutil.rmtree(old_models)
-        for f in MODEL_FILES:
-            if (staged / f).exists():
-                os.replace(staged / f, out / f)
-        if (staged / "models").is_dir():
-            os.replace(staged / "models", old_models)
+    try:  # the model files and models/ replaced; other files in out stay
+        move_into(staged, out, [*MODEL_FILES, "models"])
     except OSError as e:
         raise OutputError(f"{out}: cannot write the model ({e.strerror or e})") from None
     return paths

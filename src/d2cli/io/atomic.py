@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,25 @@ def new_temporary_dir(path: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def move_into(staged: Path, out: Path, names: Iterable[str]) -> None:
+    """Update folder ``out`` from a finished ``staged`` one (made beside it, e.g. by
+    :func:`new_temporary_dir`): each of ``names`` in ``staged`` replaces its namesake in
+    ``out`` with one ``os.replace`` (a reader sees each file whole, old or new); a folder of
+    ``names`` in ``out`` is removed even when ``staged`` has none (no stale leftovers);
+    other files of ``out`` stay. A new ``out`` is ``staged`` renamed whole."""
+    names = list(names)
+    if not out.exists() and {p.name for p in staged.iterdir()} <= set(names):
+        os.replace(staged, out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src, dst = staged / name, out / name
+        if dst.is_dir() and not dst.is_symlink():
+            shutil.rmtree(dst)
+        if src.exists():
+            os.replace(src, dst)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
