@@ -248,6 +248,24 @@ def test_bad_attributes_and_pairs_files_are_one_line_errors(tmp_path, d2):
     assert "settings_json" in json_of(proc)["error"]
 
 
+@pytest.mark.parametrize("content", ["a.jpg\nb.jpg\n".encode("utf-16"), b"\xff\xfe\x00\x81"],
+                         ids=["utf-16", "binary"])
+def test_binary_name_lists_and_queries_files_are_one_line_errors(tmp_path, d2, content):
+    """--image-list, --query-list and a localize queries file: one reader of text lines."""
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(content)
+    feats = features(tmp_path / "feats.h5", ["a.jpg", "b.jpg"])
+    for args in (["extract", "--image-list", listed, "--out", tmp_path / "f.h5"],
+                 ["pairs", "exhaustive", "-f", feats, "--query-list", listed,
+                  "-o", tmp_path / "p.txt"],
+                 ["localize", "--reference", tmp_path, "--queries", listed, "-p", listed,
+                  "-f", feats, "-m", feats, "-o", tmp_path / "poses.txt"]):
+        proc = d2(*args, "--json")
+        assert proc.returncode == 2, (args[0], proc.stderr)
+        assert "list.txt:1: not a" in json_of(proc)["error"], (args[0], proc.stderr)
+        assert_one_line(proc)
+
+
 # ------------------------------------------------------------------ 9, 5. paths and special files
 FAST = ["--max-edge", "160", "--device", "cpu", "--json"]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import BadFile, BadImage, EmptyInput, InputNotFound, UsageError
+from .errors import BadImage, EmptyInput, InputNotFound, UsageError
+from .io.pairs import read_name_list
 
 # Pillow warns above 89 MP and refuses above 179 MP with messages naming its own files;
 # d2cli checks the size itself (load_rgb's max_pixels), so Pillow's check is off.
@@ -84,17 +85,10 @@ def collect_images(
     """
     if image_list is not None:
         lp = Path(image_list)
-        if not lp.is_file():
-            raise InputNotFound(f"{lp}: image list not found")
+        names = read_name_list(lp, "image list")
         # without a root, names are relative to the list file (as COLMAP's image lists)
         root = Path(image_root).resolve() if image_root is not None else lp.resolve().parent
-        try:
-            lines = lp.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise BadFile(f"{lp}: not a UTF-8 text image list (binary or UTF-16?)") from None
-        names = [ln.strip() for ln in lines]
-        names = [n for n in names if n and not n.startswith("#")]
-        items = [_list_item(root, n) for n in dict.fromkeys(names)]
+        items = [_list_item(root, n) for n in names]
     else:
         if not inputs:
             raise EmptyInput("no images given: pass files or folders, or --image-list")

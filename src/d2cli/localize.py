@@ -55,7 +55,7 @@ from .images import image_under, read_image_size
 from .io.atomic import write_text_atomic
 from .io.features import FeatureFile, MatchFile, image_folder, require_image_folder
 from .io.journal import JsonJournal, fingerprint
-from .io.pairs import read_pairs
+from .io.pairs import read_pairs, text_lines
 from .jobs import ProgressFn, Stage, interruptible
 from .references import ModelReference, Reference, ScanReference
 from .refine import RefineConfig
@@ -81,7 +81,7 @@ def read_queries(path: str | os.PathLike) -> list[Query]:
     if not p.is_file():
         raise InputNotFound(f"{p}: queries file not found")
     queries: dict[str, Query] = {}
-    for lineno, line in enumerate(p.read_text().splitlines(), 1):
+    for lineno, line in text_lines(p, "queries file"):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
@@ -292,7 +292,7 @@ def read_poses(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarra
     if not p.is_file():
         raise InputNotFound(f"{p}: poses file not found")
     poses = {}
-    for lineno, line in enumerate(p.read_text().splitlines(), 1):
+    for lineno, line in text_lines(p, "poses file"):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue

@@ -22,7 +22,7 @@ from .errors import BadFile, EmptyInput, InputNotFound, MissingName, UsageError
 from .io import h5safe
 from .io.colmap_model import read_model
 from .io.features import FeatureFile
-from .io.pairs import iter_unique_pairs, normalize_pairs, write_pairs_counted
+from .io.pairs import iter_unique_pairs, normalize_pairs, read_name_list, write_pairs_counted
 
 Pair = tuple[str, str]
 
@@ -40,15 +40,6 @@ class PairsResult:
 
 
 # --------------------------------------------------------------------------- names
-def read_name_list(path: str | os.PathLike) -> list[str]:
-    """One name per line; blank lines and ``#`` comments ignored, duplicates dropped."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputNotFound(f"{p}: name list not found")
-    lines = (ln.strip() for ln in p.read_text().splitlines())
-    return list(dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")))
-
-
 def image_names(features: str | os.PathLike | None = "feats.h5",
                 image_list: str | os.PathLike | None = None) -> list[str]:
     """Names from an image list if given, else the images of a features file (file order)."""

@@ -146,23 +146,40 @@ def iter_pair_lines(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
     return _pair_lines(p)
 
 
-def _pair_lines(p: Path) -> Iterator[tuple[str, str]]:
+def text_lines(p: Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, a line at a time; binary or UTF-16 files
+    (NUL bytes, invalid UTF-8) are refused naming the line. ``what``: "pairs file", ..."""
     lineno = 0
     try:
         with p.open(encoding="utf-8") as f:
             for raw in f:
                 if "\x00" in raw:
-                    raise BadFile(f"{p}:{lineno + 1}: not a text pairs file (NUL bytes: binary "
+                    raise BadFile(f"{p}:{lineno + 1}: not a text {what} (NUL bytes: binary "
                                   "or UTF-16?)")
                 # splitlines: the same line breaks (and line numbers) as reading the whole text
                 for line in raw.splitlines():
                     lineno += 1
-                    pair = _pair_of_line(p, lineno, line)
-                    if pair is not None:
-                        yield pair
+                    yield lineno, line
     except UnicodeDecodeError as e:
-        raise BadFile(f"{p}:{lineno + 1}: not a UTF-8 text pairs file (byte {e.start} of the "
+        raise BadFile(f"{p}:{lineno + 1}: not a UTF-8 text {what} (byte {e.start} of the "
                       "line: binary or UTF-16?)") from None
+
+
+def read_name_list(path: str | os.PathLike, what: str = "name list") -> list[str]:
+    """One name per line (``--image-list``, query and reference lists); surrounding blanks,
+    blank lines and ``#`` comments ignored, duplicates dropped, file order kept."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFound(f"{p}: {what} not found")
+    names = (line.strip() for _, line in text_lines(p, what))
+    return list(dict.fromkeys(n for n in names if n and not n.startswith("#")))
+
+
+def _pair_lines(p: Path) -> Iterator[tuple[str, str]]:
+    for lineno, line in text_lines(p, "pairs file"):
+        pair = _pair_of_line(p, lineno, line)
+        if pair is not None:
+            yield pair
 
 
 def _pair_of_line(p: Path, lineno: int, line: str) -> tuple[str, str] | None:
