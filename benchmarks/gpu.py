@@ -29,7 +29,7 @@ from real_descriptors import descriptor_sets  # benchmarks/ is on sys.path
 from d2cli.extract import Extractor, ExtractSettings
 from d2cli.match import mnn
 from d2cli.mnn import uses_bf16_screen
-from d2cli.pyramid import MULTI_SCALE, SINGLE_SCALE
+from d2cli.settings import MULTI_SCALE, SINGLE_SCALE
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src/d2cli/data/sacre_coeur/93341989_396310999.jpg"
 FLOP_PER_PIXEL = 1.109e6

@@ -24,7 +24,7 @@ def sample_descriptors() -> list[np.ndarray]:
     if not CACHE.exists():
         from d2cli.extract import Extractor, ExtractSettings
         from d2cli.images import find_images, load_rgb
-        from d2cli.pyramid import MULTI_SCALE
+        from d2cli.settings import MULTI_SCALE
 
         ext = Extractor(None, ExtractSettings(scales=MULTI_SCALE, precision="fp32"), "auto")
         descs = {p.name: ext(load_rgb(p)).descriptors.T for p in find_images(SAMPLES)}

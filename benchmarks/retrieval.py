@@ -225,7 +225,8 @@ def sfm_benchmark(data: Path, out: Path, ks: tuple[int, ...] = (5, 10, 20)) -> l
     from sfm import evaluate, read_strecha_cameras
 
     from d2cli.pairs import PairStrategy
-    from d2cli.sfm import sfm
+    from d2cli.settings import MapSettings
+    from d2cli.sfm import SfmSettings, sfm
 
     rows = []
     for scene, folder in (("fountain-P11", "strecha/fountain-P11/images"),
@@ -241,7 +242,8 @@ def sfm_benchmark(data: Path, out: Path, ks: tuple[int, ...] = (5, 10, 20)) -> l
                 work.mkdir(parents=True, exist_ok=True)
                 shutil.copy(base / "feats.h5", work / "feats.h5")  # same features
             t0 = time.perf_counter()
-            r = sfm(images, work, pairs=strategy, device="cpu", num_threads=2)
+            r = sfm(images, work, SfmSettings(pairs=strategy, mapping=MapSettings(num_threads=2)),
+                    device="cpu")
             wall = time.perf_counter() - t0
             rec = pycolmap.Reconstruction(work / "sparse")
             row = {"scene": scene, "pairs": label, "images": r.steps["extract"]["images"],

@@ -34,9 +34,9 @@ import numpy as np
 import pycolmap
 
 from d2cli.extract import ExtractSettings
-from d2cli.reconstruct import default_threads
+from d2cli.reconstruct import MapSettings, default_threads
 from d2cli.refine import RefineConfig
-from d2cli.sfm import sfm
+from d2cli.sfm import SfmSettings, sfm
 
 ROOT = Path(__file__).resolve().parents[1]
 GT_FOCAL_FOUNTAIN = (2759.48 + 2764.16) / 2  # mean of fx, fy of K.txt
@@ -124,10 +124,10 @@ def run_d2(images: Path, work: Path, max_edge: int, mapper: str, threads: int,
         if not (work / "database.db").is_file() and (plain / "database.db").is_file():
             shutil.copytree(plain, work, ignore=shutil.ignore_patterns("sparse*", "sfm.json"),
                             dirs_exist_ok=True)
-    result = sfm(images, work, extract_settings=ExtractSettings(max_edge=max_edge,
-                                                                precision=precision),
-                 mapper=mapper, num_threads=threads, device="cpu",
-                 refine=RefineConfig() if refine else None)
+    settings = SfmSettings(extract=ExtractSettings(max_edge=max_edge, precision=precision),
+                           mapping=MapSettings(mapper=mapper, num_threads=threads),
+                           refine=RefineConfig() if refine else None)
+    result = sfm(images, work, settings, device="cpu")
     steps = {k: v.get("seconds") for k, v in result.steps.items()}
     print(json.dumps({"d2 steps (s)": steps, "skipped": result.skipped}), flush=True)
     return pycolmap.Reconstruction(work / "sparse"), time.perf_counter() - t0

@@ -156,7 +156,7 @@ def test_verification_in_growing_batches_equals_one_call(work, verified_db, tmp_
                                                         monkeypatch):
     """Batches sized by time (1 pair first, then as many as the last rate fits in the
     target) verify every pair exactly as the calls of the session's import did."""
-    from d2cli.colmap import importer
+    from d2cli.colmap import verification
 
     calls: list[int] = []
     real = pycolmap.verify_matches
@@ -165,16 +165,16 @@ def test_verification_in_growing_batches_equals_one_call(work, verified_db, tmp_
         calls.append(len(Path(pairs_path).read_text().splitlines()))
         return real(db_path, pairs_path, **kw)
 
-    monkeypatch.setattr(importer, "VERIFY_FIRST_BATCH", 1)
-    monkeypatch.setattr(importer, "VERIFY_MAX_BATCH", 4)
-    monkeypatch.setattr(importer, "VERIFY_SECONDS", 1e-6)  # every next call: the minimum
-    monkeypatch.setattr(importer.pycolmap, "verify_matches", counting)
+    monkeypatch.setattr(verification, "VERIFY_FIRST_BATCH", 1)
+    monkeypatch.setattr(verification, "VERIFY_MAX_BATCH", 4)
+    monkeypatch.setattr(verification, "VERIFY_SECONDS", 1e-6)  # every next call: the minimum
+    monkeypatch.setattr(verification.pycolmap, "verify_matches", counting)
     db = tmp_path / "db.db"
     result = colmap_import(db, work / "feats.h5", work / "matches.h5")
     assert calls == [1] * 15 and result.verified_now == 15
     assert dump(db)["geometries"] == dump(verified_db[0])["geometries"]
     calls.clear()
-    monkeypatch.setattr(importer, "VERIFY_SECONDS", 1e6)  # grows to the cap at once
+    monkeypatch.setattr(verification, "VERIFY_SECONDS", 1e6)  # grows to the cap at once
     db2 = tmp_path / "db2.db"
     colmap_import(db2, work / "feats.h5", work / "matches.h5")
     assert calls == [1, 4, 4, 4, 2]

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from .device import pick_device
 from .errors import BadImage, IncompatibleFeatures, UsageError, check_some_done
 from .images import (
     DEFAULT_MAX_PIXELS,
-    PREPROCESSING,
     ImageItem,
     collect_images,
     load_rgb,
@@ -42,64 +41,18 @@ from .model import load_d2net
 from .precision import (
     autocast,
     bf16_is_fast,
-    check_precision,
     configure_fp32,
-    resolve_precision,
     uses_channels_last,
 )
-from .pyramid import SINGLE_SCALE, Keypoints, extract_multiscale
+from .pyramid import Keypoints, extract_multiscale
 from .retrieval import DEFAULT_METHOD as GLOBAL_METHOD
 from .retrieval import METHOD_ATTR, pooled
+from .settings import ExtractSettings
 from .shard import Shard
 from .weights import ModelInfo, resolve_model
 
-DECODE_MODES = ("full", "reduced")
 # peak trunk memory per input pixel of the largest level: two 64-channel fp32 maps (conv1)
 BYTES_PER_INPUT_PIXEL = 2 * 64 * 4
-
-
-@dataclass(frozen=True)
-class ExtractSettings:
-    """Everything that changes the features of an image (recorded in the file)."""
-
-    scales: tuple[float, ...] = SINGLE_SCALE
-    max_edge: int = 1600
-    max_sum_edges: int = 2800
-    preprocessing: str = "caffe"
-    use_relu: bool = True
-    max_keypoints: int | None = None
-    descriptor_dtype: str = "float16"
-    # of the trunk: auto = bf16 where the device runs it fast, else fp32 (see precision.py);
-    # detection and refinement do their arithmetic in fp32. Files record the resolved one.
-    precision: str = "auto"
-    # "full": decode every pixel, then the reference resize (reference-exact); "reduced":
-    # JPEGs decoded at 1/2-1/8 scale when the network input is that much smaller (bounded
-    # memory for huge images; pixels differ from the reference's)
-    decode: str = "full"
-
-    def __post_init__(self) -> None:
-        if self.decode not in DECODE_MODES:
-            raise UsageError(f"decode must be one of {', '.join(DECODE_MODES)}")
-        check_precision(self.precision)
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise UsageError("scales must be a non-empty list of positive numbers")
-        if self.preprocessing not in PREPROCESSING:
-            raise UsageError(f"preprocessing must be one of {', '.join(PREPROCESSING)}")
-        if self.descriptor_dtype not in ("float16", "float32"):
-            raise UsageError("descriptor dtype must be float16 or float32")
-        if self.max_edge < 8 or self.max_sum_edges < 16:
-            raise UsageError("max-edge must be >= 8 and max-sum-edges >= 16")
-        if self.max_keypoints is not None and self.max_keypoints < 1:
-            raise UsageError("max-keypoints must be positive")
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["scales"] = list(self.scales)
-        return d
-
-    def resolved(self, device: torch.device) -> ExtractSettings:
-        """These settings with ``auto`` precision decided for ``device``."""
-        return replace(self, precision=resolve_precision(self.precision, device))
 
 
 @dataclass

@@ -19,18 +19,17 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import BadImage, EmptyInput, InputNotFound, UsageError
 from .io.pairs import read_name_list
+from .settings import DEFAULT_MAX_PIXELS, PREPROCESSING, ExtractSettings
 
 # Pillow warns above 89 MP and refuses above 179 MP with messages naming its own files;
 # d2cli checks the size itself (load_rgb's max_pixels), so Pillow's check is off.
 Image.MAX_IMAGE_PIXELS = None
-DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff")
 
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
 TORCH_MEAN_RGB = np.array([0.485, 0.456, 0.406])
 TORCH_STD_RGB = np.array([0.229, 0.224, 0.225])
-PREPROCESSING = ("caffe", "torch", "none")
 
 
 @dataclass
@@ -235,7 +234,8 @@ def _scaled_size(w: int, h: int, factor: float) -> tuple[int, int]:
     return int(sw), int(sh)
 
 
-def network_input_size(w: int, h: int, max_edge: int = 1600, max_sum_edges: int = 2800) -> tuple[int, int]:
+def network_input_size(w: int, h: int, max_edge: int = ExtractSettings.max_edge,
+                       max_sum_edges: int = ExtractSettings.max_sum_edges) -> tuple[int, int]:
     """(W, H) of the network input that ``resize_for_network`` makes of a W x H image."""
     if max(h, w, 3) > max_edge:
         w, h = _scaled_size(w, h, max_edge / max(h, w, 3))
@@ -260,7 +260,8 @@ class Resized:
     fact_j: float  # original cols / resized cols
 
 
-def resize_for_network(image: np.ndarray, max_edge: int = 1600, max_sum_edges: int = 2800) -> Resized:
+def resize_for_network(image: np.ndarray, max_edge: int = ExtractSettings.max_edge,
+                       max_sum_edges: int = ExtractSettings.max_sum_edges) -> Resized:
     """The reference resize policy: cap the longest edge, then the sum of both edges.
 
     The first test uses ``max(image.shape)`` (channel count included, as the

@@ -60,8 +60,7 @@ from .jobs import ProgressFn, Stage, interruptible
 from .references import ModelReference, Reference, ScanReference
 from .refine import RefineConfig
 from .refine.query import QueryRefiner
-
-MIN_POINTS = 4  # P3P needs 3 correspondences, and RANSAC one more to tell poses apart
+from .settings import MIN_PNP_POINTS, LocalizeSettings, with_overrides
 
 
 # --------------------------------------------------------------------------- queries
@@ -168,14 +167,6 @@ class QueryFailed(D2Error):
 
 
 # --------------------------------------------------------------------------- one query
-@dataclass
-class _Settings:
-    max_error: float
-    min_inliers: int
-    refine_focal_length: bool
-    seed: int
-
-
 def _query_camera(q: Query, ff: FeatureFile, image_dir: Path | None
                   ) -> tuple[pycolmap.Camera, str]:
     w, h = ff.image_size(q.name)
@@ -251,7 +242,7 @@ def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile
 
 
 def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
-                  reference: Reference, image_dir: Path | None, s: _Settings,
+                  reference: Reference, image_dir: Path | None, s: LocalizeSettings,
                   refiner: QueryRefiner | None = None) -> QueryResult:
     if q.name not in ff:
         raise QueryFailed(f"not in features file {ff.path}")
@@ -260,8 +251,8 @@ def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
     camera, source = _query_camera(q, ff, image_dir)
     p2d, p3d, n_matches, n_refs = _correspondences(q.name, refs, ff, mf, reference, refiner)
     n = len(p2d)
-    if n < max(MIN_POINTS, s.min_inliers):
-        raise QueryFailed(f"only {n} 2D-3D correspondences (need {max(MIN_POINTS, s.min_inliers)})")
+    if n < max(MIN_PNP_POINTS, s.min_inliers):
+        raise QueryFailed(f"only {n} 2D-3D correspondences (need {max(MIN_PNP_POINTS, s.min_inliers)})")
     p2d = to_colmap(p2d.astype(np.float64))
     est = pycolmap.AbsolutePoseEstimationOptions()
     est.ransac.max_error = s.max_error
@@ -364,19 +355,17 @@ def localize(
     matches: str | os.PathLike = "matches.h5",
     out: str | os.PathLike = "poses.txt",
     *,
-    max_error: float = 12.0,
-    min_inliers: int = 12,
-    refine_focal_length: bool = False,
+    settings: LocalizeSettings | None = None,
     inloc_scans: str | os.PathLike | None = None,
     inloc_alignments: str | os.PathLike | None = None,
     image_dir: str | os.PathLike | None = None,
     full_names: bool = False,
     log: str | os.PathLike | None = None,
-    seed: int = 0,
     overwrite: bool = False,
     verbose: bool = False,
     refine: RefineConfig | None = None,
     progress: ProgressFn | None = None,
+    **overrides: Any,
 ) -> LocalizeResult:
     """Localise the queries of ``queries`` against a COLMAP model or InLoc scans.
 
@@ -385,10 +374,10 @@ def localize(
     ``inloc_scans``: the folder where ``<reference name>.mat`` holds each cutout's XYZcut
     (``inloc_alignments``: InLoc's ``database/alignments`` to map the scans to the building
     frame). ``pairs``: query-reference pairs (``d2 pairs exhaustive --query-prefix`` or
-    ``from-retrieval``). ``max_error``: RANSAC threshold in pixels (12 as hloc for Aachen,
-    hloc uses 48 for InLoc). A query with fewer than ``min_inliers`` inliers fails.
-    ``refine_focal_length``: refine the query's focal length with the pose (for cameras
-    guessed from the image size). ``image_dir`` (default: the features' image root) is read
+    ``from-retrieval``). ``settings``: the RANSAC threshold, minimum inliers, focal length
+    refinement and seed (:class:`~d2cli.settings.LocalizeSettings`); keyword
+    ``overrides`` replace single fields (``localize(..., max_error=48)`` as hloc for
+    InLoc). ``image_dir`` (default: the features' image root) is read
     for EXIF of queries without intrinsics. ``full_names``: write the query names as given
     (default: basenames, as the Aachen and InLoc submissions want). ``log``: default
     ``out`` with the suffix ``.log``. ``refine``: refine each correspondence's query
@@ -403,10 +392,7 @@ def localize(
         raise UsageError("give a reference model or InLoc scans (--inloc-scans), not both")
     if inloc_alignments is not None and inloc_scans is None:
         raise UsageError("InLoc alignments need InLoc scans (--inloc-scans)")
-    if not max_error > 0:
-        raise UsageError("max-error must be > 0 pixels")
-    if min_inliers < MIN_POINTS:
-        raise UsageError(f"min-inliers must be >= {MIN_POINTS}")
+    settings = with_overrides(settings, LocalizeSettings, overrides)
     out = Path(out)
     log_path = _log_path(out, log)
     query_list = read_queries(queries)
@@ -416,8 +402,6 @@ def localize(
     refs, ignored = _references_of(query_list, read_pairs(pairs))
 
     ref_path = Path(reference_model if reference_model is not None else inloc_scans)
-    settings = _Settings(max_error=float(max_error), min_inliers=int(min_inliers),
-                         refine_focal_length=bool(refine_focal_length), seed=int(seed))
     header = {"d2 localize": 1, "settings": asdict(settings), "inputs": [
         fingerprint(Path(p)) for p in (ref_path, queries, pairs, features, matches)],
         "inloc_alignments": str(inloc_alignments) if inloc_alignments else None,

@@ -26,37 +26,19 @@ import torch
 
 from . import __version__
 from .device import pick_device
-from .errors import D2Error, EmptyInput, IncompatibleFeatures, UsageError, check_some_done
+from .errors import D2Error, EmptyInput, IncompatibleFeatures, check_some_done
 from .io.features import FeatureFile, MatchFile, colliding_names, matches_to_arrays, pair_collision, pair_key
 from .io.h5store import H5Store
 from .io.pairs import normalize_pairs, read_pairs
 from .io.provenance import differences
 from .jobs import ProgressFn, Stage, interruptible
 from .mnn import matcher_precision, mnn
+from .settings import MatchSettings
 from .shard import Shard
 
 Pair = tuple[str, str]
 
 DEFAULT_CACHE_BYTES = 2 << 30
-
-# --------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class MatchSettings:
-    """Everything that changes the matches of a pair (recorded in the matches file)."""
-
-    ratio: float | None = None
-    max_distance: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.ratio is not None and not 0 < self.ratio <= 1:
-            raise UsageError(f"ratio must be in (0, 1], got {self.ratio}")
-        if self.max_distance is not None and not 0 < self.max_distance <= 2:
-            raise UsageError(f"max-distance must be in (0, 2] (unit vectors), "
-                             f"got {self.max_distance}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"matcher": "mnn", "ratio": self.ratio, "max_distance": self.max_distance}
-
 
 # --------------------------------------------------------------------------- reading
 class DescriptorCache:

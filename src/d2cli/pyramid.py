@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .detect import detect, normalize_descriptors, sample_descriptors
+from .settings import SINGLE_SCALE
 
-SINGLE_SCALE = (1.0,)
-MULTI_SCALE = (0.5, 1.0, 2.0)
 MIN_INPUT = 8  # the smallest input side that still gives a feature map
 
 

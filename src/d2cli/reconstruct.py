@@ -22,34 +22,27 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pycolmap
 
 from .colmap.database import check_mirrors_model, open_database, quiet_colmap
-from .colmap.importer import UNUSABLE_CONFIGS
+from .colmap.verification import UNUSABLE_CONFIGS
 from .errors import EmptyInput, InputNotFound, OutputError, PartialFailure, UsageError
 from .io.atomic import move_into, new_temporary_dir
 from .io.colmap_model import read_model
 from .isolated import run_isolated
 from .jobs import ProgressFn, Stage
+from .settings import MapSettings, default_threads, with_overrides
 
-MAPPERS = ("incremental", "global")
-INTRINSICS = ("auto", "refine", "fixed")
+__all__ = ["MapSettings", "ReconstructResult", "default_threads", "reconstruct"]
+
 SHARED_CAMERA_MIN_IMAGES = 3  # a camera seen by this many images is worth self-calibrating
 ABS_POSE_MIN_NUM_INLIERS = 15  # COLMAP: 30 (see incremental_options)
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin", "frames.bin", "rigs.bin")
 
-
-
-def default_threads() -> int:
-    """The cores this process may use (pycolmap's -1 would take every core of the host)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -186,10 +179,11 @@ def choose_intrinsics(database: Path) -> tuple[bool, str]:
                    f"than {SHARED_CAMERA_MIN_IMAGES} images (--intrinsics refine to refine)")
 
 
-def incremental_options(num_threads: int, seed: int, min_num_matches: int, refine: bool,
-                        extract_colors: bool) -> pycolmap.IncrementalPipelineOptions:
+def incremental_options(s: MapSettings, refine: bool, extract_colors: bool
+                        ) -> pycolmap.IncrementalPipelineOptions:
+    num_threads, seed = s.threads, s.seed
     o = pycolmap.IncrementalPipelineOptions(
-        num_threads=num_threads, random_seed=seed, min_num_matches=min_num_matches,
+        num_threads=num_threads, random_seed=seed, min_num_matches=s.min_num_matches,
         extract_colors=extract_colors, ba_refine_focal_length=refine,
         ba_refine_extra_params=refine)
     o.mapper.num_threads = num_threads
@@ -205,10 +199,10 @@ def incremental_options(num_threads: int, seed: int, min_num_matches: int, refin
     return o
 
 
-def global_options(num_threads: int, seed: int, min_num_matches: int, refine: bool,
-                   ) -> pycolmap.GlobalPipelineOptions:
+def global_options(s: MapSettings, refine: bool) -> pycolmap.GlobalPipelineOptions:
+    num_threads, seed = s.threads, s.seed
     o = pycolmap.GlobalPipelineOptions(num_threads=num_threads, random_seed=seed,
-                                       min_num_matches=min_num_matches)
+                                       min_num_matches=s.min_num_matches)
     m = o.mapper
     m.num_threads = num_threads
     m.random_seed = seed
@@ -241,47 +235,37 @@ def reconstruct(
     database: str | os.PathLike,
     out: str | os.PathLike = "sparse",
     *,
+    settings: MapSettings | None = None,
     image_dir: str | os.PathLike | None = None,
-    mapper: str = "incremental",
     reference_model: str | os.PathLike | None = None,
-    num_threads: int | None = None,
-    seed: int = 0,
-    min_num_matches: int = 15,
-    intrinsics: str = "auto",
-    options: dict[str, Any] | None = None,
     verbose: bool = False,
     progress: ProgressFn | None = None,
+    **overrides: Any,
 ) -> ReconstructResult:
     """Reconstruct a sparse model from a COLMAP database into ``out`` (layout: module doc).
 
-    ``mapper``: ``incremental`` or ``global``. ``reference_model``: a COLMAP model whose
-    poses are kept; only 3D points are triangulated (the database must have been made
-    by ``colmap_import(..., reference_model=...)`` so that ids agree).
-    ``image_dir``: only read to colour the points (image files are optional).
-    ``intrinsics``: ``refine`` focal lengths and distortion in bundle adjustment (COLMAP's
-    default), keep them ``fixed`` as imported (known calibration), or ``auto``: refine
-    only when most images share a camera (see :func:`choose_intrinsics`).
-    Triangulation never changes the reference model's intrinsics.
-    ``num_threads``: default the cores this process may use. ``seed`` makes runs
-    repeatable. ``options``: nested dict of pycolmap pipeline options for the rest.
-    ``progress`` gets an event as images are registered (stage ``mapping``; global
-    mapping and triangulation report their start and end only).
+    ``settings``: mapper, intrinsics, threads, seed, pycolmap options
+    (:class:`~d2cli.settings.MapSettings`); keyword ``overrides`` replace single fields
+    (``reconstruct(db, out, mapper="global", seed=1)``). With ``intrinsics="auto"``
+    focal lengths and distortion are refined only when most images share a camera (see
+    :func:`choose_intrinsics`). ``reference_model``: a COLMAP model whose poses are
+    kept; only 3D points are triangulated (the database must have been made by
+    ``colmap_import(..., reference_model=...)`` so that ids agree); triangulation never
+    changes its intrinsics. ``image_dir``: only read to colour the points (image files
+    are optional). ``progress`` gets an event as images are registered (stage
+    ``mapping``; global mapping and triangulation report their start and end only).
     """
     t0 = time.perf_counter()
+    s = with_overrides(settings, MapSettings, overrides)
+    s = replace(s, num_threads=s.threads)  # decided here: the child process maps with it
     database, out = Path(database), Path(out)
     if not database.is_file():
         raise InputNotFound(f"{database}: database not found")
-    if mapper not in MAPPERS:
-        raise UsageError(f"unknown mapper {mapper!r} (one of {', '.join(MAPPERS)})")
     if image_dir is not None and not Path(image_dir).is_dir():
         raise InputNotFound(f"{image_dir}: image folder not found")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder")
-    if intrinsics not in INTRINSICS:
-        raise UsageError(f"unknown intrinsics mode {intrinsics!r} (one of {', '.join(INTRINSICS)})")
-    threads = num_threads or default_threads()
-    if threads < 1:
-        raise UsageError("threads must be >= 1")
+    mapper, min_num_matches = s.mapper, s.min_num_matches
     result = ReconstructResult(database=database, out=out,
                                mapper="triangulation" if reference_model else mapper)
 
@@ -305,17 +289,17 @@ def reconstruct(
                                  f"{min_num_matches} inlier matches{hint}")
             images = Path(image_dir) if image_dir is not None else scratch / "no-images"
             images.mkdir(exist_ok=True)
-            if intrinsics == "auto":
+            if s.intrinsics == "auto":
                 refine, result.intrinsics = choose_intrinsics(database)
             else:
-                refine, result.intrinsics = intrinsics == "refine", intrinsics
+                refine, result.intrinsics = s.intrinsics == "refine", s.intrinsics
             if reference_model is not None:
                 result.intrinsics = "fixed: the reference model's"
             # in a child process: Ctrl-C and SIGTERM stop it at once (d2cli.isolated)
             count = run_isolated(_map_to_disk, verbose, database, images, scratch / "work",
-                                 scratch / "mapped", result.total_images, mapper,
-                                 reference_model, threads, seed, min_num_matches, refine,
-                                 image_dir is not None, options, progress=progress)
+                                 scratch / "mapped", result.total_images, s,
+                                 reference_model, refine, image_dir is not None,
+                                 progress=progress)
             recs = [pycolmap.Reconstruction(scratch / "mapped" / str(k)) for k in range(count)]
             recs = sorted((r for r in recs if r.num_reg_images() > 0),
                           key=lambda r: (r.num_reg_images(), r.num_points3D()), reverse=True)
@@ -346,11 +330,12 @@ def _map_to_disk(verbose: bool, database: Path, images: Path, work: Path, mapped
     return len(recs)
 
 
-def _run(database: Path, images: Path, work: Path, total: int, mapper: str,
-         reference_model: str | os.PathLike | None, threads: int, seed: int,
-         min_num_matches: int, refine: bool, colors: bool,
-         options: dict[str, Any] | None, progress: ProgressFn | None,
-         ) -> list[pycolmap.Reconstruction]:
+def _run(database: Path, images: Path, work: Path, total: int, s: MapSettings,
+         reference_model: str | os.PathLike | None, refine: bool, colors: bool,
+         progress: ProgressFn | None) -> list[pycolmap.Reconstruction]:
+    """Map (or triangulate against ``reference_model``); ``refine``: the intrinsics in
+    bundle adjustment, ``colors``: read the images to colour the points."""
+    options = dict(s.options) if s.options else None
 
     def best(recs: Any) -> int:
         return max((r.num_reg_images() for r in recs), default=0)
@@ -358,7 +343,7 @@ def _run(database: Path, images: Path, work: Path, total: int, mapper: str,
     work.mkdir(parents=True, exist_ok=True)
     if reference_model is not None:
         ref = _load_reference(Path(reference_model), database)
-        opts = _merge_options(incremental_options(threads, seed, min_num_matches, False, colors),
+        opts = _merge_options(incremental_options(s, False, colors),
                               options, "IncrementalPipelineOptions")
         stage = Stage(progress, "triangulating", total, unit="img")
         stage.start(total)
@@ -366,15 +351,15 @@ def _run(database: Path, images: Path, work: Path, total: int, mapper: str,
                                           options=opts, refine_intrinsics=False)
         stage.update(rec.num_reg_images())
         return [rec]
-    if mapper == "global":
-        gopts = _merge_options(global_options(threads, seed, min_num_matches, refine), options,
+    if s.mapper == "global":
+        gopts = _merge_options(global_options(s, refine), options,
                                "GlobalPipelineOptions")
         stage = Stage(progress, "global mapping", total, unit="img")
         stage.start(total)
         recs = pycolmap.global_mapping(database, images, work, options=gopts)
         stage.update(best(recs.values()))
         return list(recs.values())
-    iopts = _merge_options(incremental_options(threads, seed, min_num_matches, refine, colors),
+    iopts = _merge_options(incremental_options(s, refine, colors),
                            options, "IncrementalPipelineOptions")
     stage = Stage(progress, "mapping", total, unit="img")
     recs = pycolmap.incremental_mapping(

@@ -17,12 +17,12 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .colmap.database import database_stats
-from .colmap.importer import colmap_import
+from .colmap.importer import ImportSettings, colmap_import
 from .errors import D2Error, IncompatibleFeatures, OutputError, UsageError
 from .extract import ExtractSettings, extract
 from .images import DEFAULT_MAX_PIXELS
@@ -32,12 +32,24 @@ from .io.pairs import pairs_file_equals
 from .jobs import ProgressFn, Stage, relabel
 from .match import MatchSettings, match
 from .pairs import AUTO_RETRIEVAL_ABOVE, PairStrategy, save_pairs
-from .reconstruct import MODEL_FILES, reconstruct
+from .reconstruct import MODEL_FILES, MapSettings, reconstruct
 from .refine import RefineConfig
 from .refine.database import refine_database
 
 STEPS = ("extract", "pairs", "match", "import", "reconstruct")
 
+
+@dataclass(frozen=True)
+class SfmSettings:
+    """What every step of ``d2 sfm`` does: each step's own settings, defaults theirs."""
+
+    extract: ExtractSettings = field(default_factory=ExtractSettings)
+    pairs: PairStrategy = field(default_factory=PairStrategy)  # default: auto
+    match: MatchSettings = field(default_factory=MatchSettings)
+    database: ImportSettings = field(default_factory=ImportSettings)  # sfm always prunes
+    mapping: MapSettings = field(default_factory=MapSettings)
+    # move the keypoints along the verified tracks before mapping (None: do not)
+    refine: RefineConfig | None = None
 
 
 @dataclass
@@ -79,21 +91,11 @@ def _stamp(path: Path) -> dict[str, Any] | None:
 def sfm(
     images: Sequence[str | os.PathLike] | str | os.PathLike,
     work: str | os.PathLike = "sfm",
+    settings: SfmSettings | None = None,
     *,
     model: str | os.PathLike | None = None,
-    extract_settings: ExtractSettings | None = None,
-    match_settings: MatchSettings | None = None,
-    camera_mode: str = "auto",
-    camera_model: str = "SIMPLE_RADIAL",
-    camera_params: Sequence[float] | None = None,
-    mapper: str = "incremental",
-    num_threads: int | None = None,
-    seed: int = 0,
-    intrinsics: str = "auto",
     device: str = "auto",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    pairs: PairStrategy | None = None,
-    refine: RefineConfig | None = None,
     image_list: str | os.PathLike | None = None,
     image_root: str | os.PathLike | None = None,
     verbose: bool = False,
@@ -101,14 +103,15 @@ def sfm(
 ) -> SfmResult:
     """Images -> COLMAP model in ``work/`` (layout: module doc); every step resumes.
 
-    Options are those of the steps (:func:`~d2cli.extract.extract`, :func:`~d2cli.match.match`,
+    ``settings`` holds each step's settings (:class:`SfmSettings`: those of
+    :func:`~d2cli.extract.extract`, :class:`~d2cli.pairs.PairStrategy` (exhaustive up to
+    100 images, retrieval above), :func:`~d2cli.match.match`,
     :func:`~d2cli.colmap.colmap_import`, :func:`~d2cli.reconstruct.reconstruct`); with
-    ``camera_params`` the intrinsics stay fixed unless ``intrinsics="refine"``.
-    ``refine``: move the keypoints along the verified tracks before mapping
-    (:func:`~d2cli.refine.database.refine_database`; the unrefined files are kept).
-    ``pairs`` chooses what is matched (:class:`~d2cli.pairs.PairStrategy`: exhaustive by
-    default; sequential, retrieval or a pairs file for large sets). ``image_list`` (with
-    ``images`` empty) names the images, relative to ``image_root`` or the list's folder.
+    camera parameters given, the intrinsics stay fixed unless the mapping's intrinsics
+    say ``refine``. Its ``refine`` moves the keypoints along the verified tracks before
+    mapping (:func:`~d2cli.refine.database.refine_database`; the unrefined files are
+    kept). ``image_list`` (with ``images`` empty) names the images, relative to
+    ``image_root`` or the list's folder.
 
     ``progress`` gets the events of every step (stage ``extract``, ``match``,
     ``import <stage>``, ``mapping``) and a status line (stage ``sfm``) as each step ends.
@@ -117,8 +120,12 @@ def sfm(
     step, and the finished part of the current one, in ``work/`` for the next run.
     """
     t0 = time.perf_counter()
-    if camera_params is not None and intrinsics == "auto":
-        intrinsics = "fixed"  # known calibration: keep it
+    settings = settings or SfmSettings()
+    mapping = settings.mapping
+    if settings.database.camera_params is not None and mapping.intrinsics == "auto":
+        mapping = replace(mapping, intrinsics="fixed")  # known calibration: keep it
+    # prune: pairs of an earlier strategy must not reach the mapper
+    database_settings = replace(settings.database, prune=True)
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     work = Path(work)
@@ -139,7 +146,7 @@ def sfm(
         return result
 
     # 1. features
-    ex = extract(images, feats, model=model, settings=extract_settings, device=device,
+    ex = extract(images, feats, model=model, settings=settings.extract, device=device,
                  image_list=image_list, image_root=image_root, max_pixels=max_pixels,
                  progress=progress)
     if not result.record("extract", ex, bool(ex.extracted)):
@@ -148,13 +155,13 @@ def sfm(
                f"({ex.precision} trunk, {ex.precision_note})")
 
     # 2. pairs: every pair of the images that have features
-    p = _pairs_step(result, feats, pairs_path, pairs or PairStrategy())
+    p = _pairs_step(result, feats, pairs_path, settings.pairs)
     status.say(f"pairs: {p['pairs']} pairs of {p['images']} images ({p['method']}"
                f"{', ' + p['chosen'] if 'chosen' in p else ''})")
 
     # 3. matches
     try:
-        mt = match(pairs_path, feats, matches, settings=match_settings, device=device,
+        mt = match(pairs_path, feats, matches, settings=settings.match, device=device,
                    progress=progress)
     except IncompatibleFeatures as e:
         raise IncompatibleFeatures(f"{e}; or delete {matches} to rematch") from None
@@ -163,19 +170,17 @@ def sfm(
     status.say(f"match: {len(mt.matched)} pairs matched now, {len(mt.skipped)} already done")
 
     # 4. database
-    # prune: pairs of an earlier strategy must not reach the mapper
-    im = colmap_import(database, feats, matches, pairs=pairs_path, prune=True,
-                       camera_mode=camera_mode,
-                       camera_model=camera_model, camera_params=camera_params, verbose=verbose,
-                       progress=relabel(progress, "import {}"))
+    im = colmap_import(database, feats, matches, settings=database_settings, pairs=pairs_path,
+                       verbose=verbose, progress=relabel(progress, "import {}"))
     if not result.record("import", im, bool(im.changed)):
         return done()
     status.say(f"import: {im.stats.get('verified_pairs', 0)} verified pairs, "
                f"{im.verified_now} verified now")
 
     # 4b. featuremetric track refinement: feats-refined.h5 and database-refined.db
-    if refine is not None:
-        refined = _refine_step(result, database, feats, work, p["image_root"], refine, progress)
+    if settings.refine is not None:
+        refined = _refine_step(result, database, feats, work, p["image_root"], settings.refine,
+                               progress)
         if refined is None:
             return done()
         database, r = refined, result.steps["refine"]
@@ -183,9 +188,8 @@ def sfm(
                    f"{r['median_shift']:.2f} px) in {r['tracks']} tracks")
 
     # 5. model: skipped when made from this very database with these settings
-    s = _reconstruct_step(result, database, sparse, stamp_path, p["image_root"],
-                          dict(mapper=mapper, seed=seed, intrinsics=intrinsics,
-                               num_threads=num_threads, verbose=verbose, progress=progress))
+    s = _reconstruct_step(result, database, sparse, stamp_path, p["image_root"], mapping,
+                          verbose, progress)
     status.say(f"reconstruct: {s['registered']}/{result.steps['extract']['images']} images registered")
     return done()
 
@@ -240,10 +244,11 @@ def _refine_step(result: SfmResult, database: Path, feats: Path, work: Path,
 
 
 def _reconstruct_step(result: SfmResult, database: Path, sparse: Path, stamp_path: Path,
-                      image_root: str | None, options: dict[str, Any]) -> dict[str, Any]:
+                      image_root: str | None, mapping: MapSettings, verbose: bool,
+                      progress: ProgressFn | None) -> dict[str, Any]:
     """Map unless ``sparse`` already holds a model made from this very database with these
     settings (``sfm.json`` records what it was made from)."""
-    settings = {k: options[k] for k in ("mapper", "seed", "intrinsics")}
+    settings = {k: getattr(mapping, k) for k in ("mapper", "seed", "intrinsics")}
     made_from = {"database": database_stats(database), "settings": settings}
     if "refine" in result.steps:  # same counts as the unrefined database: say which it is
         made_from["refined"] = result.steps["refine"]
@@ -255,7 +260,8 @@ def _reconstruct_step(result: SfmResult, database: Path, sparse: Path, stamp_pat
     else:
         stamp_path.unlink(missing_ok=True)  # the old model no longer matches the database
         try:
-            rc = reconstruct(database, sparse, image_dir=image_root, **options)
+            rc = reconstruct(database, sparse, settings=mapping, image_dir=image_root,
+                             verbose=verbose, progress=progress)
         except D2Error as e:  # name the inputs that failed earlier: they may be why
             if not result.failed:
                 raise

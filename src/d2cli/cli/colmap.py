@@ -17,16 +17,20 @@ from .common import (
     err_console,
     extract_settings,
     finish,
+    import_settings,
     json_option,
+    map_settings,
     mapping_options,
     max_pixels_option,
     model_option,
-    parse_floats,
+    multiscale_options,
+    network_options,
     parse_pycolmap_options,
     precision_option,
     print_json,
     progress,
     quiet_option,
+    resize_options,
     summary_table,
     verbose_option,
 )
@@ -63,13 +67,13 @@ def colmap_import_cmd(database, features, matches, pairs_file, image_dir, camera
     """
     from ..colmap import colmap_import
 
-    params = parse_floats(camera_params, "--camera-params")
+    settings = import_settings(camera_mode, camera_model, camera_params, verify=not no_verify,
+                               prune=prune_pairs)
     with progress(quiet or as_json) as show:
         result = colmap_import(
-            database, features, matches, pairs=pairs_file, image_dir=image_dir,
-            camera_mode=camera_mode, camera_model=camera_model, camera_params=params,
-            verify=not no_verify, reference_model=reference_model, prune=prune_pairs,
-            overwrite=overwrite, verbose=verbose, progress=show)
+            database, features, matches, settings=settings, pairs=pairs_file,
+            image_dir=image_dir, reference_model=reference_model, overwrite=overwrite,
+            verbose=verbose, progress=show)
     s = result.summary()
     if as_json:
         print_json(s)
@@ -136,25 +140,23 @@ def _report_unregistered(names: list[str]) -> None:
 @click.option("--reference-model", type=click.Path(),
               help="Keep this model's poses and only triangulate points (database made by "
                    "colmap-import --reference-model).")
-@click.option("--min-num-matches", default=15, show_default=True,
-              help="Inlier matches for a pair to count.")
 @click.option("--option", "extra", multiple=True, metavar="KEY=VALUE",
               help="Any pycolmap pipeline option, e.g. mapper.init_min_num_inliers=50.")
 @verbose_option
 @quiet_option
 @json_option
 @command
-def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed, reference_model,
-                    min_num_matches, extra, verbose, quiet, as_json) -> int:
+def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
+                    min_num_matches, reference_model, extra, verbose, quiet, as_json) -> int:
     """Reconstruct a sparse COLMAP model from DATABASE (pycolmap mapping)."""
     from ..reconstruct import reconstruct
 
-    pipeline_options = parse_pycolmap_options(extra)
+    settings = map_settings(mapper, intrinsics, threads, seed, min_num_matches,
+                            options=parse_pycolmap_options(extra))
     with progress(quiet or as_json) as show:
         result = reconstruct(
-            database, out, image_dir=image_dir, mapper=mapper, reference_model=reference_model,
-            num_threads=threads, seed=seed, min_num_matches=min_num_matches,
-            intrinsics=intrinsics, options=pipeline_options, verbose=verbose, progress=show)
+            database, out, settings=settings, image_dir=image_dir,
+            reference_model=reference_model, verbose=verbose, progress=show)
     s = result.summary()
     if as_json:
         print_json(s)
@@ -173,11 +175,11 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @click.option("--out", "-o", default="sfm", show_default=True,
               help="Work folder: feats.h5, pairs.txt, matches.h5, database.db, sparse/.")
 @model_option()
-@click.option("--max-edge", default=1600, show_default=True, help="Extraction resize limit.")
-@click.option("--multiscale", is_flag=True, help="Scales 0.5, 1, 2 (the paper's D2-Net MS).")
-@click.option("--max-keypoints", type=int, help="Keep the K highest scores per image.")
-@max_pixels_option
+@multiscale_options
+@resize_options
 @decode_option
+@network_options
+@max_pixels_option
 @click.option("--pairs-from", type=click.Choice(["auto", "exhaustive", "sequential", "retrieval"]),
               default="auto", show_default=True,
               help="Which pairs to match: all, each image with the next --overlap, or the "
@@ -204,11 +206,11 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
 @quiet_option
 @json_option
 @command
-def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, max_keypoints,
-            max_pixels, decode, pairs_from, overlap, descriptors, num_matched, whiten, pairs_file,
-            ratio, refine,
-            camera_mode, camera_model, camera_params, mapper, intrinsics, threads, seed, device,
-            precision, verbose, quiet, as_json) -> int:
+def sfm_cmd(images, image_list, image_root, out, model, multiscale, scales, max_edge,
+            max_sum_edges, decode, preprocessing, no_relu, max_keypoints, max_pixels, pairs_from,
+            overlap, descriptors, num_matched, whiten, pairs_file, ratio, refine, camera_mode,
+            camera_model, camera_params, mapper, intrinsics, threads, seed, min_num_matches,
+            device, precision, verbose, quiet, as_json) -> int:
     """Images -> COLMAP model: extract, pairs, match, colmap-import, reconstruct.
 
     Every step's output stays in --out and every step resumes: re-running after an
@@ -217,21 +219,21 @@ def sfm_cmd(images, image_list, image_root, out, model, max_edge, multiscale, ma
     from ..match import MatchSettings
     from ..pairs import PairStrategy
     from ..refine import RefineConfig
-    from ..sfm import sfm
+    from ..sfm import SfmSettings, sfm
 
-    strategy = PairStrategy("file" if pairs_file else pairs_from, overlap=overlap,
-                            descriptors=descriptors, num_matched=num_matched, file=pairs_file,
-                            whiten=whiten)
-    settings = extract_settings(chosen_scales(None, multiscale), max_edge=max_edge,
-                                max_keypoints=max_keypoints, decode=decode, precision=precision)
+    settings = SfmSettings(
+        extract=extract_settings(chosen_scales(scales, multiscale), max_edge, max_sum_edges,
+                                 preprocessing, no_relu, max_keypoints, decode=decode,
+                                 precision=precision),
+        pairs=PairStrategy("file" if pairs_file else pairs_from, overlap=overlap,
+                           descriptors=descriptors, num_matched=num_matched, file=pairs_file,
+                           whiten=whiten),
+        match=MatchSettings(ratio=ratio),
+        database=import_settings(camera_mode, camera_model, camera_params),
+        mapping=map_settings(mapper, intrinsics, threads, seed, min_num_matches),
+        refine=RefineConfig(device=device) if refine else None)
     with progress(quiet or as_json) as show:
-        result = sfm(images, out, model=model, extract_settings=settings,
-                     match_settings=MatchSettings(ratio=ratio),
-                     camera_mode=camera_mode, camera_model=camera_model,
-                     camera_params=parse_floats(camera_params, "--camera-params"),
-                     mapper=mapper, intrinsics=intrinsics, num_threads=threads, seed=seed,
-                     device=device, max_pixels=max_pixels, pairs=strategy,
-                     refine=RefineConfig(device=device) if refine else None,
+        result = sfm(images, out, settings, model=model, device=device, max_pixels=max_pixels,
                      image_list=image_list, image_root=image_root, verbose=verbose,
                      progress=show)
     s = result.summary()

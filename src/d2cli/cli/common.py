@@ -24,6 +24,18 @@ from rich.table import Table
 
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, D2Error, UsageError, exit_status
 from ..precision import PRECISIONS
+from ..settings import (
+    CAMERA_MODES,
+    DEFAULT_MAX_PIXELS,
+    INTRINSICS,
+    MAPPERS,
+    MULTI_SCALE,
+    PREPROCESSING,
+    SINGLE_SCALE,
+    ExtractSettings,
+    ImportSettings,
+    MapSettings,
+)
 from .render import Renderer
 
 err_console = Console(stderr=True)
@@ -177,20 +189,31 @@ def parse_pycolmap_options(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 def chosen_scales(scales: str | None, multiscale: bool) -> tuple[float, ...]:
-    from ..pyramid import MULTI_SCALE, SINGLE_SCALE
 
     return parse_scales(scales) or (MULTI_SCALE if multiscale else SINGLE_SCALE)
 
 
-def extract_settings(scales: tuple[float, ...], max_edge: int = 1600, max_sum_edges: int = 2800,
-                     preprocessing: str = "caffe", no_relu: bool = False,
-                     max_keypoints: int | None = None, **kw: Any) -> Any:
+def extract_settings(scales: tuple[float, ...], max_edge: int, max_sum_edges: int,
+                     preprocessing: str, no_relu: bool, max_keypoints: int | None,
+                     **kw: Any) -> ExtractSettings:
     """The one place the CLI's extraction options become an ExtractSettings."""
-    from ..extract import ExtractSettings
-
     return ExtractSettings(scales=scales, max_edge=max_edge, max_sum_edges=max_sum_edges,
                            preprocessing=preprocessing, use_relu=not no_relu,
                            max_keypoints=max_keypoints, **kw)
+
+
+def import_settings(camera_mode: str, camera_model: str, camera_params: str | None,
+                    **kw: Any) -> ImportSettings:
+    """The CLI's camera options (:data:`camera_options`) as an ImportSettings."""
+    return ImportSettings(camera_mode=camera_mode, camera_model=camera_model,
+                          camera_params=parse_floats(camera_params, "--camera-params"), **kw)
+
+
+def map_settings(mapper: str, intrinsics: str, threads: int | None, seed: int,
+                 min_num_matches: int, **kw: Any) -> MapSettings:
+    """The CLI's mapping options (:data:`mapping_options`) as a MapSettings."""
+    return MapSettings(mapper=mapper, intrinsics=intrinsics, num_threads=threads, seed=seed,
+                       min_num_matches=min_num_matches, **kw)
 
 
 # --------------------------------------------------------------------------- shared options
@@ -229,16 +252,15 @@ decode_option = click.option(
     help="reduced: decode JPEGs at 1/2-1/8 size when the network input is that much smaller "
          "(huge aerial/panorama images in bounded memory; not reference-exact).")
 resize_options = options(
-    click.option("--max-edge", default=1600, show_default=True,
+    click.option("--max-edge", default=ExtractSettings.max_edge, show_default=True,
                  help="Downscale images whose longer side is larger (reference policy)."),
-    click.option("--max-sum-edges", default=2800, show_default=True,
+    click.option("--max-sum-edges", default=ExtractSettings.max_sum_edges, show_default=True,
                  help="Then downscale images whose width + height is larger."),
-    decode_option,
 )
 
 network_options = options(
-    click.option("--preprocessing", type=click.Choice(["caffe", "torch", "none"]),
-                 default="caffe", show_default=True,
+    click.option("--preprocessing", type=click.Choice(PREPROCESSING),
+                 default=ExtractSettings.preprocessing, show_default=True,
                  help="Input normalisation: caffe (BGR, mean subtracted; the official "
                       "weights), torch (RGB, ImageNet mean/std) or none."),
     click.option("--no-relu", is_flag=True, help="No ReLU after conv4_3."),
@@ -246,23 +268,26 @@ network_options = options(
 )
 
 camera_options = options(
-    click.option("--camera-mode", type=click.Choice(["auto", "single", "per-folder", "per-image"]),
-                 default="auto", show_default=True,
+    click.option("--camera-mode", type=click.Choice(CAMERA_MODES),
+                 default=ImportSettings.camera_mode, show_default=True,
                  help="auto: one camera per image size and EXIF camera."),
-    click.option("--camera-model", default="SIMPLE_RADIAL", show_default=True,
+    click.option("--camera-model", default=ImportSettings.camera_model, show_default=True,
                  help="COLMAP camera model (SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, OPENCV...)."),
     click.option("--camera-params",
                  help="Known intrinsics in the model's order, e.g. '1200,512,384,0'."),
 )
 
 mapping_options = options(
-    click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental",
+    click.option("--mapper", type=click.Choice(MAPPERS), default=MapSettings.mapper,
                  show_default=True),
-    click.option("--intrinsics", type=click.Choice(["auto", "refine", "fixed"]), default="auto",
+    click.option("--intrinsics", type=click.Choice(INTRINSICS), default=MapSettings.intrinsics,
                  show_default=True, help="Refine focal lengths and distortion, keep them as "
                  "imported, or auto: refine when most images share a camera."),
     click.option("--threads", type=int, help="CPU threads [default: the cores available]."),
-    click.option("--seed", default=0, show_default=True, help="Random seed (repeatable runs)."),
+    click.option("--seed", default=MapSettings.seed, show_default=True,
+                 help="Random seed (repeatable runs)."),
+    click.option("--min-num-matches", default=MapSettings.min_num_matches, show_default=True,
+                 help="Inlier matches for a pair to count."),
 )
 
 query_ref_options = options(
@@ -280,7 +305,7 @@ precision_option = click.option(
          "Detection and refinement do their arithmetic in fp32.")
 
 max_pixels_option = click.option(
-    "--max-pixels", type=click.IntRange(min=0), default=2 * 89_478_485, show_default=True,
+    "--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
     help="Refuse larger images (aerial, panoramas: raise it; 0: no limit).")
 
 image_dir_option = click.option(

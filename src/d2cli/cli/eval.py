@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..errors import EXIT_PARTIAL
 from ..precision import PRECISIONS
+from ..settings import SiftSettings
 from . import main
 from .common import (
     chosen_scales,
@@ -18,11 +19,16 @@ from .common import (
     extract_settings,
     finish,
     fmt,
+    json_option,
+    multiscale_options,
+    network_options,
     options,
     out_console,
     print_json,
     progress,
+    quiet_option,
     report_failures,
+    resize_options,
 )
 
 
@@ -35,17 +41,11 @@ eval_options = options(
         click.option("--model", "-m", "models", multiple=True,
                      help="Model name or .pth path; repeat for several [default: built-in]."),
         click.option("--fetch", is_flag=True, help="Download missing official models first."),
-        click.option("--multiscale", is_flag=True, help="Scales 0.5, 1, 2 (D2-Net MS)."),
+        multiscale_options,
         click.option("--both-scales", is_flag=True,
                      help="Each model single-scale and multiscale (two curves)."),
-        click.option("--scales", help="Any pyramid, e.g. '0.5,1'. Overrides --multiscale."),
-        click.option("--max-edge", default=1600, show_default=True,
-                     help="Also COLMAP SIFT's max image size."),
-        click.option("--max-sum-edges", default=2800, show_default=True),
-        click.option("--preprocessing", type=click.Choice(["caffe", "torch", "none"]),
-                     default="caffe", show_default=True),
-        click.option("--no-relu", is_flag=True, help="No ReLU after conv4_3."),
-        click.option("--max-keypoints", type=int, help="Keep the K highest scores per image."),
+        resize_options,  # --max-edge is also COLMAP SIFT's max image size
+        network_options,
         click.option("--precision", "precisions", multiple=True,
                      type=click.Choice(PRECISIONS),
                      help="Trunk precision; repeat to compare (one curve each) [default: auto, "
@@ -55,24 +55,24 @@ eval_options = options(
                           "matched keypoints (same features and matches; one more curve)."),
         click.option("--baseline", type=click.Choice(["sift"]), multiple=True,
                      help="Add COLMAP SIFT (pycolmap, CPU) on the same images."),
-        click.option("--sift-max-features", default=8192, show_default=True),
+        click.option("--sift-max-features", default=SiftSettings.max_num_features,
+                     show_default=True),
         click.option("--work-dir", type=click.Path(),
                      help="Cache of features and matches [default: $D2CLI_HOME/eval/...]."),
         device_option,
         click.option("--no-plot", is_flag=True, help="Do not write the PNG."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
-        click.option("--json", "as_json", is_flag=True, help="Full results as JSON on stdout."),
+        quiet_option,
+        json_option,
 )
 
 
-def _eval_methods(quiet: bool, device: str, models, fetch, multiscale, both_scales, scales, max_edge,
-                  max_sum_edges, preprocessing, no_relu, max_keypoints, precisions, refine,
-                  baseline, sift_max_features) -> list[Any]:
+def _eval_methods(quiet: bool, device: str, models, fetch, multiscale, scales, both_scales,
+                  max_edge, max_sum_edges, preprocessing, no_relu, max_keypoints, precisions,
+                  refine, baseline, sift_max_features) -> list[Any]:
     """The methods the eval options name: each model x scales x precision, and SIFT."""
     from ..device import pick_device
-    from ..eval.methods import SiftSettings, d2_method, refined_method, sift_method
-    from ..extract import ExtractSettings
-    from ..pyramid import MULTI_SCALE, SINGLE_SCALE
+    from ..eval.methods import d2_method, refined_method, sift_method
+    from ..settings import MULTI_SCALE, SINGLE_SCALE, ExtractSettings
     from ..weights.fetch import ensure_model
 
     if both_scales and (multiscale or scales):

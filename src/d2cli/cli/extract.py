@@ -10,6 +10,7 @@ from .common import (
     all_done,
     chosen_scales,
     command,
+    decode_option,
     device_option,
     extract_settings,
     finish,
@@ -35,6 +36,7 @@ from .common import (
 @model_option()
 @multiscale_options
 @resize_options
+@decode_option
 @network_options
 @click.option("--descriptor-dtype", type=click.Choice(["float16", "float32"]), default="float16",
               show_default=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..settings import LocalizeSettings
 from . import main
 from .common import (
     command,
@@ -35,9 +36,9 @@ from .common import (
               help="Poses: 'name qw qx qy qz tx ty tz' (world-to-camera, Aachen format).")
 @click.option("--log", "log_file", type=click.Path(),
               help="Per-query log: inliers, or why it failed [default: OUT with suffix .log].")
-@click.option("--max-error", default=12.0, show_default=True,
+@click.option("--max-error", default=LocalizeSettings.max_error, show_default=True,
               help="RANSAC reprojection threshold in pixels (hloc: 12 Aachen, 48 InLoc).")
-@click.option("--min-inliers", default=12, show_default=True,
+@click.option("--min-inliers", default=LocalizeSettings.min_inliers, show_default=True,
               help="A query with fewer PnP inliers fails.")
 @click.option("--refine-focal", is_flag=True, help="Refine each query's focal length with its pose.")
 @click.option("--image-dir", type=click.Path(),
@@ -67,8 +68,10 @@ def localize_cmd(reference, inloc_scans, inloc_alignments, queries, pairs_file, 
 
     with progress(quiet or as_json) as show:
         result = localize(
-            reference, queries, pairs_file, features, matches, out, max_error=max_error,
-            min_inliers=min_inliers, refine_focal_length=refine_focal, inloc_scans=inloc_scans,
+            reference, queries, pairs_file, features, matches, out,
+            settings=LocalizeSettings(max_error=max_error, min_inliers=min_inliers,
+                                      refine_focal_length=refine_focal),
+            inloc_scans=inloc_scans,
             inloc_alignments=inloc_alignments, image_dir=image_dir, full_names=full_names,
             log=log_file, overwrite=overwrite, verbose=verbose,
             refine=RefineConfig() if refine else None, progress=show)

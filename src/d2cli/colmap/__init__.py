@@ -1,16 +1,19 @@
 """COLMAP databases: ``database`` (open, stats, pycolmap imported on first use), ``cameras``
 (EXIF, camera modes), ``keypoints`` (COLMAP's +0.5 pixel convention and the one keypoint
-writer), ``importer`` (``d2 colmap-import``: images, keypoints, matches, verification)."""
+writer), ``importer`` (``d2 colmap-import``: images, keypoints, matches),
+``verification`` (pycolmap's two-view verification of the imported pairs)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..settings import CAMERA_MODES
 from .database import database_stats, open_database, quiet_colmap
 
 _LAZY = {  # importing these loads pycolmap
-    "colmap_import": "importer", "ImportResult": "importer", "UNUSABLE_CONFIGS": "importer",
-    "VERIFY_OPTIONS": "importer", "DEFAULT_FOCAL_FACTOR": "cameras", "CAMERA_MODES": "cameras",
+    "colmap_import": "importer", "ImportResult": "importer", "ImportSettings": "importer",
+    "UNUSABLE_CONFIGS": "verification", "VERIFY_OPTIONS": "verification",
+    "DEFAULT_FOCAL_FACTOR": "cameras",
     "CAMERA_MODELS": "cameras", "ImageInfo": "cameras", "camera_key": "cameras",
     "check_camera_model": "cameras", "make_camera": "cameras", "read_exif": "cameras",
 }
@@ -24,4 +27,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["database_stats", "open_database", "quiet_colmap", *_LAZY]
+__all__ = ["CAMERA_MODES", "database_stats", "open_database", "quiet_colmap", *_LAZY]

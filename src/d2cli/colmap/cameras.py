@@ -13,7 +13,6 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import UsageError
 
-CAMERA_MODES = ("auto", "single", "per-folder", "per-image")
 CAMERA_MODELS = tuple(m for m in pycolmap.CameraModelId.__members__ if m != "INVALID")
 DEFAULT_FOCAL_FACTOR = 1.2  # COLMAP's guess without EXIF: f = 1.2 * max(W, H)
 

@@ -3,7 +3,7 @@
 What goes into the database (pycolmap 4.2.1, see docs/ecosystem notes):
 
 * one image per name of the features file (sorted, so ids are reproducible), with a
-  camera chosen by ``camera_mode`` and, in a fresh database, a trivial rig and frame
+  camera chosen by ``ImportSettings.camera_mode`` and, in a fresh database, a trivial rig and frame
   per image (COLMAP's own importer does the same; a database where only *some*
   images have frames crashes the mapper, so an older database without frames gets
   none);
@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ import pycolmap
 
 from ..errors import BadFile, BadImage, IncompatibleFeatures, OutputError, UsageError
 from ..images import image_under, read_image_size
-from ..io.atomic import new_temporary
 from ..io.colmap_model import read_model
 from ..io.features import (
     FeatureFile,
@@ -48,11 +47,11 @@ from ..io.features import (
     pair_collision,
 )
 from ..io.lock import exclusive_lock
-from ..io.pairs import normalize_pairs, read_pair_lines, write_pairs
+from ..io.pairs import normalize_pairs, read_pair_lines
 from ..io.provenance import differences
-from ..jobs import ProgressFn, Stage, interruptible
+from ..jobs import ProgressFn, Stage
+from ..settings import ImportSettings, with_overrides
 from .cameras import (
-    CAMERA_MODES,
     ImageInfo,
     camera_key,
     check_camera_model,
@@ -61,23 +60,9 @@ from .cameras import (
 )
 from .database import check_mirrors_model, database_stats, open_database, quiet_colmap
 from .keypoints import from_colmap, write_keypoints
+from .verification import CONFIG, verify_pairs
 
-# Pairs per verify_matches call. Each call sets up COLMAP's matcher anew and re-reads the
-# database's images (~0.6 s at 5,000 images, measured): with fixed 64-pair calls that
-# overhead doubled the verification time at 5,000 images (docs/benchmarks.md, "Scale").
-# So the first call takes VERIFY_FIRST_BATCH pairs and each next one as many as the last
-# rate fills in VERIFY_SECONDS (at most VERIFY_MAX_BATCH): progress and Ctrl-C still come
-# between calls, every few seconds.
-VERIFY_FIRST_BATCH = 64
-VERIFY_MAX_BATCH = 8192
-VERIFY_SECONDS = 15.0
-# hloc's verification settings: more trials and a lower inlier ratio than COLMAP's
-# defaults, which suit learned features with many outliers; a fixed seed makes the same
-# import give the same database (COLMAP's default seed is random).
-VERIFY_OPTIONS = {"ransac": {"max_num_trials": 20000, "min_inlier_ratio": 0.1, "random_seed": 0}}
-CONFIG = pycolmap.TwoViewGeometryConfiguration
-UNUSABLE_CONFIGS = (int(CONFIG.UNDEFINED), int(CONFIG.DEGENERATE))
-
+__all__ = ["ImportResult", "ImportSettings", "colmap_import"]
 
 # ----------------------------------------------------------------------------- result
 @dataclass
@@ -265,36 +250,32 @@ def colmap_import(
     features: str | os.PathLike = "feats.h5",
     matches: str | os.PathLike | None = "matches.h5",
     *,
+    settings: ImportSettings | None = None,
     pairs: str | os.PathLike | None = None,
     image_dir: str | os.PathLike | None = None,
-    camera_mode: str = "auto",
-    camera_model: str = "SIMPLE_RADIAL",
-    camera_params: Sequence[float] | None = None,
-    verify: bool = True,
     reference_model: str | os.PathLike | None = None,
-    prune: bool = False,
     overwrite: bool = False,
     verbose: bool = False,
     progress: ProgressFn | None = None,
+    **overrides: Any,
 ) -> ImportResult:
     """Write features and matches into a COLMAP database (created if missing).
 
+    ``settings``: cameras, verification and pruning (:class:`~d2cli.settings.ImportSettings`);
+    keyword ``overrides`` replace single fields (``colmap_import(db, verify=False)``).
     ``pairs`` restricts the import to the listed pairs (default: every pair of the
     matches file); ``matches=None`` imports images and keypoints only.
     ``image_dir`` (default: the image root recorded in the features file) is read for
     EXIF only: image files are optional. ``reference_model`` mirrors an existing COLMAP
     model with its ids and imports only its images, for ``reconstruct(...,
-    reference_model=...)``. ``prune``: matches and geometries of pairs that are in the
-    database but not imported now (another pairs list before) are deleted, so the mapper
-    sees exactly these pairs. ``overwrite`` starts from an empty database.
+    reference_model=...)``. ``overwrite`` starts from an empty database.
 
     Names that are not in the features file, and listed pairs missing from the matches
     file, are reported in ``result.failed``; the rest is imported.
     """
     t0 = time.perf_counter()
-    if camera_mode not in CAMERA_MODES:
-        raise UsageError(f"unknown camera mode {camera_mode!r} (one of {', '.join(CAMERA_MODES)})")
-    camera_model = check_camera_model(camera_model, camera_params)
+    s = with_overrides(settings, ImportSettings, overrides)
+    s = replace(s, camera_model=check_camera_model(s.camera_model, s.camera_params))
     database = Path(database)
     features = Path(features)
     if pairs is not None and matches is None:
@@ -317,123 +298,145 @@ def colmap_import(
                         p.unlink()
             result = ImportResult(database=database, features=features,
                                   matches=Path(matches) if matches is not None else None)
-
             result.image_dir = images
             with quiet_colmap(verbose):
-                to_verify = _write_database(result, ff, mf, pairs, camera_mode, camera_model,
-                                            camera_params, verify, reference_model, prune,
-                                            progress)
+                to_verify = _write_database(result, ff, mf, pairs, s, reference_model, progress)
                 if to_verify and mf is not None:
-                    _verify(result, to_verify, mf, progress)
+                    verify_pairs(result, to_verify, mf, progress)
             result.stats = database_stats(database)
             result.seconds = time.perf_counter() - t0
             return result
 
 
 def _write_database(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
-                    pairs_path: str | os.PathLike | None, camera_mode: str, camera_model: str,
-                    camera_params: Sequence[float] | None, verify: bool,
-                    reference_model: str | os.PathLike | None, prune: bool,
+                    pairs_path: str | os.PathLike | None, s: ImportSettings,
+                    reference_model: str | os.PathLike | None,
                     progress: ProgressFn | None) -> list[tuple[str, str]]:
     """Everything but the verification, in one transaction; returns the pairs to verify."""
     names = _readable_entries(result, ff)
-    if mf is not None:
-        _check_match_provenance(ff, mf)
-        if pairs_path is not None:
-            wanted = read_pair_lines(pairs_path)
-        else:
-            wanted, unknown_keys = _pairs_from_match_file(mf, ff.names)
-            for k in unknown_keys:
-                result.failed[k] = f"{k}: in {mf.path} but not in features file {ff.path}"
-    else:
-        wanted = []
-    pair_list = normalize_pairs(wanted)
-    result.dropped_pairs = len(wanted) - len(pair_list)
-
+    pair_list = _pairs_to_import(result, ff, mf, pairs_path)
     rec = _read_reference_model(Path(reference_model)) if reference_model is not None else None
     with open_database(result.database) as db, pycolmap.DatabaseTransaction(db):
         if rec is not None:
             ids = _mirror_reference_model(result, ff, db, rec, Path(reference_model))
         else:
-            ids = _write_images(result, ff, db, names, camera_mode, camera_model, camera_params,
-                                progress)
-        num_kp: dict[str, int] = {}
-        stage = Stage(progress, "keypoints", len(ids), unit="img")
-        for n in sorted(ids):
-            kp = ff.keypoints(n)
-            num_kp[n] = len(kp)
-            if not db.exists_keypoints(ids[n]):
-                write_keypoints(db, ids[n], kp)
-                result.keypoints_written += 1
-            stage.advance(n)
-
-        to_verify: list[tuple[str, str]] = []
+            ids = _write_images(result, ff, db, names, s, progress)
+        num_kp = _write_keypoints(result, ff, db, ids, progress)
         if mf is None:
-            return to_verify
-        stage = Stage(progress, "matches", len(pair_list), unit="pairs")
-        collide = colliding_names(ff.names)
-        for a, b in pair_list:
-            stage.advance(f"{a} {b}")
-            bad = [x for x in (a, b) if x not in ff]
-            if bad:
-                for x in bad:
-                    result.failed[x] = f"{x}: in the pairs but not in features file {ff.path}"
-                continue
-            if a in result.failed or b in result.failed:  # a malformed entry, reported once
-                continue
-            if (why := pair_collision(a, b, collide)) is not None:
-                result.failed[f"{a} {b}"] = why
-                continue
-            if a not in ids or b not in ids:  # a reference model without this image
-                result.outside_model_pairs += 1
-                continue
-            if (a, b) not in mf:
-                result.failed[f"{a} {b}"] = f"pair {a} {b}: not in matches file {mf.path}"
-                continue
-            try:
-                m, _ = mf.get(a, b, num_kp1=num_kp[b])
-            except BadFile as e:
-                result.failed[f"{a} {b}"] = str(e)
-                continue
-            if len(m) and (m[:, 0].max() >= num_kp[a] or m[:, 1].max() >= num_kp[b]):
-                raise IncompatibleFeatures(
-                    f"pair {a} {b} in {mf.path} indexes keypoints that {ff.path} does not "
-                    "have: the matches were made from other features")
-            m = m.astype(np.uint32)
-            result.pairs += 1
-            ia, ib = ids[a], ids[b]
-            if db.exists_matches(ia, ib):
-                if _same_matches(db.read_matches(ia, ib), m):
-                    if not db.exists_two_view_geometry(ia, ib):
-                        to_verify.append((a, b))
-                    continue
-                db.delete_matches(ia, ib)  # other matches: replace, and verify them again
-                if db.exists_two_view_geometry(ia, ib):
-                    db.delete_two_view_geometry(ia, ib)
-                result.replaced_pairs += 1
-            else:
-                result.new_pairs += 1
-            db.write_matches(ia, ib, m)
-            to_verify.append((a, b))
-        if prune:
+            return []
+        to_verify = _write_matches(result, ff, mf, db, ids, num_kp, pair_list, progress)
+        if s.prune:
             _prune_pairs(result, db, {pycolmap.image_pair_to_pair_id(ids[a], ids[b])
                                       for a, b in pair_list if a in ids and b in ids})
-
-        if not verify:  # raw matches as inlier geometry, with a defined config
-            for a, b in to_verify:
-                ia, ib = ids[a], ids[b]
-                if db.exists_two_view_geometry(ia, ib):
-                    continue
-                m = db.read_matches(ia, ib)
-                calibrated = all(db.read_camera(db.read_image(i).camera_id).has_prior_focal_length
-                                 for i in (ia, ib))
-                config = CONFIG.CALIBRATED if calibrated else CONFIG.UNCALIBRATED
-                db.write_two_view_geometry(ia, ib, pycolmap.TwoViewGeometry(
-                    config=config, inlier_matches=m))
-                result.verified_now += 1
-                result.inlier_pairs_now += int(len(m) > 0)
-            to_verify = []
+        if not s.verify:
+            _store_unverified(result, db, ids, to_verify)
+            return []
     return to_verify
+
+
+def _pairs_to_import(result: ImportResult, ff: FeatureFile, mf: MatchFile | None,
+                     pairs_path: str | os.PathLike | None) -> list[tuple[str, str]]:
+    """The pairs list (or every pair of the matches file), self pairs and duplicate
+    unordered pairs dropped."""
+    if mf is None:
+        return []
+    _check_match_provenance(ff, mf)
+    if pairs_path is not None:
+        wanted = read_pair_lines(pairs_path)
+    else:
+        wanted, unknown_keys = _pairs_from_match_file(mf, ff.names)
+        for k in unknown_keys:
+            result.failed[k] = f"{k}: in {mf.path} but not in features file {ff.path}"
+    pair_list = normalize_pairs(wanted)
+    result.dropped_pairs = len(wanted) - len(pair_list)
+    return pair_list
+
+
+def _write_keypoints(result: ImportResult, ff: FeatureFile, db: pycolmap.Database,
+                     ids: dict[str, int], progress: ProgressFn | None) -> dict[str, int]:
+    """The keypoints of the images the database lacks them for; name -> keypoint count."""
+    num_kp: dict[str, int] = {}
+    stage = Stage(progress, "keypoints", len(ids), unit="img")
+    for n in sorted(ids):
+        kp = ff.keypoints(n)
+        num_kp[n] = len(kp)
+        if not db.exists_keypoints(ids[n]):
+            write_keypoints(db, ids[n], kp)
+            result.keypoints_written += 1
+        stage.advance(n)
+    return num_kp
+
+
+def _write_matches(result: ImportResult, ff: FeatureFile, mf: MatchFile, db: pycolmap.Database,
+                   ids: dict[str, int], num_kp: dict[str, int], pair_list: list[tuple[str, str]],
+                   progress: ProgressFn | None) -> list[tuple[str, str]]:
+    """The raw matches of the new or changed pairs; returns the pairs to verify (those,
+    and those whose geometry is missing)."""
+    to_verify: list[tuple[str, str]] = []
+    stage = Stage(progress, "matches", len(pair_list), unit="pairs")
+    collide = colliding_names(ff.names)
+    for a, b in pair_list:
+        stage.advance(f"{a} {b}")
+        bad = [x for x in (a, b) if x not in ff]
+        if bad:
+            for x in bad:
+                result.failed[x] = f"{x}: in the pairs but not in features file {ff.path}"
+            continue
+        if a in result.failed or b in result.failed:  # a malformed entry, reported once
+            continue
+        if (why := pair_collision(a, b, collide)) is not None:
+            result.failed[f"{a} {b}"] = why
+            continue
+        if a not in ids or b not in ids:  # a reference model without this image
+            result.outside_model_pairs += 1
+            continue
+        if (a, b) not in mf:
+            result.failed[f"{a} {b}"] = f"pair {a} {b}: not in matches file {mf.path}"
+            continue
+        try:
+            m, _ = mf.get(a, b, num_kp1=num_kp[b])
+        except BadFile as e:
+            result.failed[f"{a} {b}"] = str(e)
+            continue
+        if len(m) and (m[:, 0].max() >= num_kp[a] or m[:, 1].max() >= num_kp[b]):
+            raise IncompatibleFeatures(
+                f"pair {a} {b} in {mf.path} indexes keypoints that {ff.path} does not "
+                "have: the matches were made from other features")
+        m = m.astype(np.uint32)
+        result.pairs += 1
+        ia, ib = ids[a], ids[b]
+        if db.exists_matches(ia, ib):
+            if _same_matches(db.read_matches(ia, ib), m):
+                if not db.exists_two_view_geometry(ia, ib):
+                    to_verify.append((a, b))
+                continue
+            db.delete_matches(ia, ib)  # other matches: replace, and verify them again
+            if db.exists_two_view_geometry(ia, ib):
+                db.delete_two_view_geometry(ia, ib)
+            result.replaced_pairs += 1
+        else:
+            result.new_pairs += 1
+        db.write_matches(ia, ib, m)
+        to_verify.append((a, b))
+    return to_verify
+
+
+def _store_unverified(result: ImportResult, db: pycolmap.Database, ids: dict[str, int],
+                      pairs: list[tuple[str, str]]) -> None:
+    """``verify=False``: the raw matches as the inlier geometry, with a defined config
+    (pycolmap ignores geometries whose config is UNDEFINED)."""
+    for a, b in pairs:
+        ia, ib = ids[a], ids[b]
+        if db.exists_two_view_geometry(ia, ib):
+            continue
+        m = db.read_matches(ia, ib)
+        calibrated = all(db.read_camera(db.read_image(i).camera_id).has_prior_focal_length
+                         for i in (ia, ib))
+        config = CONFIG.CALIBRATED if calibrated else CONFIG.UNCALIBRATED
+        db.write_two_view_geometry(ia, ib, pycolmap.TwoViewGeometry(
+            config=config, inlier_matches=m))
+        result.verified_now += 1
+        result.inlier_pairs_now += int(len(m) > 0)
 
 
 def _prune_pairs(result: ImportResult, db: pycolmap.Database, keep: set[int]) -> None:
@@ -466,8 +469,7 @@ def _readable_entries(result: ImportResult, ff: FeatureFile) -> list[str]:
 
 
 def _write_images(result: ImportResult, ff: FeatureFile, db: pycolmap.Database, names: list[str],
-                  camera_mode: str, camera_model: str, camera_params: Sequence[float] | None,
-                  progress: ProgressFn | None) -> dict[str, int]:
+                  s: ImportSettings, progress: ProgressFn | None) -> dict[str, int]:
     """Image name -> id, writing the new images (and their cameras, rigs, frames)."""
     ids: dict[str, int] = {}
     existing: dict[str, pycolmap.Image] = {}
@@ -489,7 +491,7 @@ def _write_images(result: ImportResult, ff: FeatureFile, db: pycolmap.Database, 
         infos[n] = info
         if result.image_dir is not None and not found:
             result.no_image_file.append(n)
-    if camera_mode == "single":
+    if s.camera_mode == "single":
         sizes = sorted({(i.width, i.height) for i in infos.values()})
         if len(sizes) > 1:
             raise UsageError(
@@ -499,14 +501,14 @@ def _write_images(result: ImportResult, ff: FeatureFile, db: pycolmap.Database, 
     cameras: dict[tuple[Any, ...], int] = {}
     for n, have in existing.items():
         ids[n] = have.image_id
-        cameras.setdefault(camera_key(infos[n], camera_mode), have.camera_id)
+        cameras.setdefault(camera_key(infos[n], s.camera_mode), have.camera_id)
     with_frames = db.num_images() == 0 or db.num_frames() >= db.num_images()
     todo = [n for n in names if n not in existing]
     stage = Stage(progress, "images", len(todo), unit="img")
     for n in todo:
-        key = camera_key(infos[n], camera_mode)
+        key = camera_key(infos[n], s.camera_mode)
         if key not in cameras:
-            cameras[key] = db.write_camera(make_camera(infos[n], camera_model, camera_params))
+            cameras[key] = db.write_camera(make_camera(infos[n], s.camera_model, s.camera_params))
             result.new_cameras += 1
         ids[n] = db.write_image(pycolmap.Image(name=n, camera_id=cameras[key]))
         if with_frames:
@@ -515,51 +517,3 @@ def _write_images(result: ImportResult, ff: FeatureFile, db: pycolmap.Database, 
         stage.advance(n)
     result.images = len(ids)
     return ids
-
-
-def _verify(result: ImportResult, pairs: list[tuple[str, str]], mf: MatchFile,
-            progress: ProgressFn | None) -> None:
-    """pycolmap verification of the given pairs, in batches (progress, Ctrl-C between them).
-
-    pycolmap empties the raw matches of a pair it cannot verify (fewer matches than its
-    minimum of inliers): they are written back from ``mf``, so that the database keeps
-    every raw match and a second identical import finds nothing to redo."""
-    db_path = result.database
-    tmp = new_temporary(db_path.with_name(db_path.name + ".verify"), ".txt")
-    options = pycolmap.TwoViewGeometryOptions(**VERIFY_OPTIONS)
-    stage = Stage(progress, "verify", unit="pairs")
-    stage.start(len(pairs))
-    try:
-        with interruptible() as stop:
-            start, size = 0, VERIFY_FIRST_BATCH
-            while start < len(pairs) and not stop.requested:
-                batch = pairs[start:start + size]
-                t = time.perf_counter()
-                write_pairs(tmp, batch)
-                pycolmap.verify_matches(db_path, tmp, options=options)
-                seconds = max(time.perf_counter() - t, 1e-3)
-                stage.advance(n=len(batch))
-                start += len(batch)
-                size = min(VERIFY_MAX_BATCH,
-                           max(VERIFY_FIRST_BATCH, int(len(batch) * VERIFY_SECONDS / seconds)))
-        result.interrupted = stop.requested
-    finally:
-        tmp.unlink(missing_ok=True)
-    min_inliers = options.min_num_inliers
-    with open_database(db_path) as db, pycolmap.DatabaseTransaction(db):
-        for a, b in pairs:
-            ia = db.read_image_with_name(a).image_id
-            ib = db.read_image_with_name(b).image_id
-            if not db.exists_two_view_geometry(ia, ib):
-                continue  # not reached (interrupted): the next run verifies it
-            result.verified_now += 1
-            g = db.read_two_view_geometry(ia, ib)
-            result.inlier_pairs_now += int(int(g.config) not in UNUSABLE_CONFIGS
-                                           and len(g.inlier_matches) > 0)
-            if len(g.inlier_matches) < min_inliers:
-                m = mf.get(a, b)[0].astype(np.uint32)
-                if len(m) and len(db.read_matches(ia, ib)) != len(m):
-                    if db.exists_matches(ia, ib):
-                        db.delete_matches(ia, ib)
-                    db.write_matches(ia, ib, m)
-                    result.restored_raw_matches += 1

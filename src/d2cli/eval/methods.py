@@ -34,28 +34,12 @@ from ..io.features import FeatureFile, MatchFile
 from ..io.h5store import H5Store
 from ..jobs import ProgressFn, Stage, interruptible, relabel
 from ..match import match
-from ..pyramid import MULTI_SCALE, SINGLE_SCALE
 from ..refine import PatchFeatures, RefineConfig, refine_pair
+from ..settings import MULTI_SCALE, SINGLE_SCALE, SiftSettings
 from ..weights import ModelInfo, cache_dir, resolve_model
 
 Pair = tuple[str, str]
 # (stage description, done, total): the CLI draws one bar per description
-
-
-@dataclass(frozen=True)
-class SiftSettings:
-    """COLMAP SIFT through pycolmap (CPU), its defaults except the image size."""
-
-    max_image_size: int = 1600  # as D2-Net's max edge, so both see the same pixels
-    max_num_features: int = 8192
-
-    def __post_init__(self) -> None:
-        if self.max_image_size < 16 or self.max_num_features < 1:
-            raise UsageError("SIFT max image size must be >= 16 and max features >= 1")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"extractor": "colmap-sift", "max_image_size": self.max_image_size,
-                "max_num_features": self.max_num_features}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import torch
 
 from ..device import pick_device
 from ..images import network_input_size
+from ..settings import ExtractSettings
 from .config import RefineConfig
 from .features import PatchFeatures, image_tensor
 from .search import local_affine, search
@@ -19,7 +20,8 @@ CELL_BIAS = 2.0
 
 
 def bias_corrected(keypoints: np.ndarray, scales: np.ndarray, image_size: tuple[int, int],
-                   max_edge: int = 1600, max_sum_edges: int = 2800) -> np.ndarray:
+                   max_edge: int = ExtractSettings.max_edge,
+                   max_sum_edges: int = ExtractSettings.max_sum_edges) -> np.ndarray:
     """D2-Net keypoints (N, 2) x y with the constant cell-centre bias removed.
 
     scales (N,): the features file's 1 / pyramid scale; image_size (W, H) of the original;
