@@ -45,7 +45,7 @@ from d2cli.match import match
 from d2cli.pairs import pairs_exhaustive
 from d2cli.reconstruct import reconstruct
 from d2cli.refine import RefineConfig
-from d2cli.refine.database import refine_database
+from d2cli.refine.job import refine_database
 from d2cli.weights import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -518,7 +518,7 @@ def child_tracks(database: str, features: str) -> dict[str, Any]:
     the connected components (``build_tracks``)."""
     import h5py
 
-    from d2cli.refine.database import verified_matches
+    from d2cli.refine.job import verified_matches
     from d2cli.refine.tracks import build_tracks
 
     def clock() -> tuple[float, float]:
@@ -727,7 +727,7 @@ def report(opts: Options, rows: list[Step], results: list[dict[str, Any]], heade
         "other processes were competing; small torch operations then wait for descheduled "
         "threads, which slows `d2 match` on small pairs many times over). The `tracks` rows are "
         "phases of one child process running "
-        "`d2cli.refine.database.verified_matches` and `d2cli.refine.tracks.build_tracks` "
+        "`d2cli.refine.job.verified_matches` and `d2cli.refine.tracks.build_tracks` "
         "(`d2 refine` itself needs the image files); their RSS is the child's.", "",
         *steps_table(rows), "",
         "Correctness (ground truth of the synthetic scene): *correct MNN matches*: share of "

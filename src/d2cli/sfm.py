@@ -34,7 +34,7 @@ from .match import MatchSettings, match
 from .pairs import AUTO_RETRIEVAL_ABOVE, PairStrategy, save_pairs
 from .reconstruct import MODEL_FILES, MapSettings, reconstruct
 from .refine import RefineConfig
-from .refine.database import refine_database
+from .refine.job import refine_database
 
 STEPS = ("extract", "pairs", "match", "import", "reconstruct")
 
@@ -109,7 +109,7 @@ def sfm(
     :func:`~d2cli.colmap.colmap_import`, :func:`~d2cli.reconstruct.reconstruct`); with
     camera parameters given, the intrinsics stay fixed unless the mapping's intrinsics
     say ``refine``. Its ``refine`` moves the keypoints along the verified tracks before
-    mapping (:func:`~d2cli.refine.database.refine_database`; the unrefined files are
+    mapping (:func:`~d2cli.refine.job.refine_database`; the unrefined files are
     kept). ``image_list`` (with ``images`` empty) names the images, relative to
     ``image_root`` or the list's folder.
 

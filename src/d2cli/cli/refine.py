@@ -41,7 +41,7 @@ def refine_cmd(database, features, out_features, out_database, image_dir, device
     with its features and d2 localize --refine. An interrupted run resumes.
     """
     from ..refine import RefineConfig
-    from ..refine.database import refine_database
+    from ..refine.job import refine_database
 
     db, ff = Path(database), Path(features)
     out_features = out_features or ff.with_name(f"{ff.stem}-refined{ff.suffix or '.h5'}")
