@@ -1,8 +1,10 @@
-"""What the evaluations compare: D2-Net models and COLMAP SIFT, features and matches cached.
+"""What the evaluations compare: extractors (D2-Net models, COLMAP SIFT: :mod:`d2cli.extractors`),
+features and matches cached.
 
 Every method writes the features of the evaluated images into one features file of the
-usual format under the work directory (``d2 extract``'s job for D2-Net models, the same
-crash-safe writer for SIFT), named after what changes them (model sha256 + settings), and
+usual format under the work directory (its extractor's job: ``d2 extract``'s for D2-Net
+models, the same crash-safe writer for SIFT), named after what changes them (the
+extractor's :class:`~d2cli.extractors.Identity`: model sha256 + settings), and
 matches every pair with the one matcher of the package (``d2 match``'s job: mutual nearest
 neighbours, no ratio test, as in the D2-Net protocol) into a matches file next to it. A
 re-run reuses both; other settings get other files. ``manifest.json`` records the size and
@@ -14,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,19 +25,20 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..colmap.keypoints import from_colmap
 from ..device import pick_device
-from ..errors import OutputError, UsageError
-from ..extract import ExtractSettings, extract
+from ..errors import OutputError
+from ..extract import ExtractSettings
+from ..extractors import FeatureExtractor
+from ..extractors.colmap_sift import ColmapSift
+from ..extractors.d2net import D2Net
 from ..images import ImageItem, load_rgb
 from ..io.atomic import write_json_atomic
 from ..io.features import FeatureFile, MatchFile
-from ..io.h5store import H5Store
-from ..jobs import ProgressFn, Stage, interruptible, relabel
+from ..jobs import ProgressFn, Stage, relabel
 from ..match import match
 from ..refine import PatchFeatures, RefineConfig, refine_pair
-from ..settings import MULTI_SCALE, SINGLE_SCALE, SiftSettings
-from ..weights import ModelInfo, cache_dir, resolve_model
+from ..settings import SiftSettings
+from ..weights import cache_dir
 
 Pair = tuple[str, str]
 # (stage description, done, total): the CLI draws one bar per description
@@ -44,34 +46,32 @@ Pair = tuple[str, str]
 
 @dataclass(frozen=True)
 class Method:
-    """One curve of a plot: a D2-Net model with extraction settings, or COLMAP SIFT."""
+    """One curve of a plot: an extractor (:mod:`d2cli.extractors`: a D2-Net model with
+    its settings, COLMAP SIFT, ...), matched with the package's matcher, optionally with
+    each pair's keypoints refined."""
 
     label: str
-    kind: str  # "d2" | "sift"
-    model: str | None = None  # d2: registry name or .pth path
-    settings: ExtractSettings | None = None
-    sift: SiftSettings | None = None
-    refine: RefineConfig | None = None  # d2: two-view featuremetric refinement of each pair
+    extractor: FeatureExtractor
+    refine: RefineConfig | None = None  # two-view featuremetric refinement of each pair
+
+    @property
+    def kind(self) -> str:
+        return self.extractor.kind
 
 
 def refined_method(m: Method, config: RefineConfig | None = None) -> Method:
     """The same features and matches, each pair's keypoints refined (:func:`refine_pair`)."""
     return dataclasses.replace(m, label=f"{m.label} + refine", refine=config or RefineConfig())
 
+
 def d2_method(model: str | None, settings: ExtractSettings, label: str | None = None) -> Method:
-    if label is None:
-        label = resolve_model(model).name
-        if tuple(settings.scales) == MULTI_SCALE:
-            label += " MS"
-        elif tuple(settings.scales) != SINGLE_SCALE:
-            label += " scales " + ",".join(f"{s:g}" for s in settings.scales)
-        if settings.precision != "fp32":
-            label += f" {settings.precision}"
-    return Method(label, "d2", model, settings)
+    extractor = D2Net(model, settings)
+    return Method(label or extractor.label, extractor)
 
 
 def sift_method(settings: SiftSettings | None = None) -> Method:
-    return Method("COLMAP SIFT", "sift", sift=settings or SiftSettings())
+    extractor = ColmapSift(settings or SiftSettings())
+    return Method(extractor.label, extractor)
 
 
 def unique_labels(methods: Sequence[Method]) -> list[Method]:
@@ -158,14 +158,6 @@ def prepare_work_dir(work: Path, items: Sequence[ImageItem]) -> bool:
     return changed
 
 
-def _digest(data: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-
-
 # --------------------------------------------------------------------------- running a method
 def run_method(
     method: Method,
@@ -178,33 +170,18 @@ def run_method(
     progress: ProgressFn | None = None,
 ) -> MethodRun:
     """Features of ``items`` and matches of ``pairs`` for one method, from cache or computed."""
-    if method.kind == "d2":
-        info: ModelInfo = resolve_model(method.model)
-        # auto decided first: the cache holds what ran, whoever asked for it
-        settings = (method.settings or ExtractSettings()).resolved(pick_device(device))
-        sdict = settings.as_dict()
-        key = _digest({"model_sha256": info.sha256, "settings": sdict})
-        run = MethodRun(method, work / f"feats-d2-{_safe(info.name)}-{key}.h5",
-                        work / f"matches-d2-{_safe(info.name)}-{key}.h5",
-                        model=info.name, model_sha256=info.sha256, settings=sdict)
-        _extract_d2(run, root, items, info, settings, device, progress)
-        if run.interrupted:
-            return run
-    elif method.kind == "sift":
-        import pycolmap
-
-        sift = method.sift or SiftSettings()
-        sdict = {**sift.as_dict(), "pycolmap": pycolmap.__version__}
-        key = _digest(sdict)
-        run = MethodRun(method, work / f"feats-sift-{key}.h5", work / f"matches-sift-{key}.h5",
-                        model="colmap-sift", model_sha256=f"colmap-sift-{pycolmap.__version__}",
-                        settings=sdict)
-        _extract_sift(run, items, sift, progress)
-        if run.interrupted:
-            return run
-    else:
-        raise UsageError(f"unknown method kind {method.kind!r}")
-    _match(run, pairs, device, progress)
+    ident = method.extractor.identity(device)
+    run = MethodRun(method, work / f"feats-{ident.cache_stem}.h5",
+                    work / f"matches-{ident.cache_stem}.h5", model=ident.model,
+                    model_sha256=ident.model_sha256, settings=ident.settings)
+    t0 = time.perf_counter()
+    rep = method.extractor.extract(items, root, run.features, ident, device,
+                                   relabel(progress, f"extract {method.label}"))
+    run.seconds_extract = time.perf_counter() - t0
+    run.extracted, run.reused_features, run.interrupted = rep.extracted, rep.reused, rep.interrupted
+    run.failed.update(rep.failed)
+    if not run.interrupted:
+        _match(run, pairs, device, progress)
     return run
 
 
@@ -218,81 +195,6 @@ def run_methods(methods: Sequence[Method], root: Path, items: Sequence[ImageItem
         if runs[-1].interrupted:
             break
     return runs
-
-
-def _extract_d2(run: MethodRun, root: Path, items: Sequence[ImageItem], info: ModelInfo,
-                settings: ExtractSettings, device: str,
-                progress: ProgressFn | None) -> None:
-    t0 = time.perf_counter()
-    res = extract([it.path for it in items], run.features, model=run.method.model,
-                  settings=settings, image_root=root, device=device,
-                  progress=relabel(progress, f"extract {run.method.label}"))
-    run.interrupted = res.interrupted
-    run.extracted, run.reused_features = len(res.extracted), len(res.skipped)
-    run.failed.update(res.failed)
-    run.seconds_extract = time.perf_counter() - t0
-
-
-def sift_features(bitmap: Any, extractor: Any, max_image_size: int) -> dict[str, np.ndarray]:
-    """COLMAP SIFT of a grey pycolmap Bitmap, in the features-file layout.
-
-    The image is resized as COLMAP's extraction does (truncated sizes, bilinear) and the
-    keypoints scaled back; COLMAP puts pixel centres at +0.5, our files at integers.
-    Descriptors (COLMAP's RootSIFT bytes) become L2-normalised floats so that the same
-    dot-product matcher serves SIFT and D2-Net.
-    """
-    w, h = bitmap.width, bitmap.height
-    if max(w, h) > max_image_size:
-        scale = max_image_size / max(w, h)
-        bitmap.rescale(max(1, int(w * scale)), max(1, int(h * scale)))
-    kps, descs = extractor.extract(bitmap)
-    sx, sy = w / bitmap.width, h / bitmap.height
-    xy = np.array([[k.x, k.y] for k in kps], dtype=np.float64).reshape(-1, 2)
-    xy = from_colmap(xy * [sx, sy]).astype(np.float32)
-    d = np.asarray(descs.data, dtype=np.float32).reshape(-1, 128)
-    d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-    n = len(xy)
-    return {"keypoints": xy, "descriptors": np.ascontiguousarray(d.T),
-            "scores": np.ones(n, np.float32), "scales": np.ones(n, np.float32),
-            "image_size": np.array([w, h], dtype=np.int64)}
-
-
-def _extract_sift(run: MethodRun, items: Sequence[ImageItem], sift: SiftSettings,
-                  progress: ProgressFn | None) -> None:
-    import pycolmap
-
-    t0 = time.perf_counter()
-    stage = Stage(progress, f"extract {run.method.label}", unit="img")
-    attrs = {"d2cli_version": __version__, "model": run.model,
-             "model_sha256": run.model_sha256, "settings": run.settings}
-    with H5Store(run.features, attrs=attrs) as store:
-        done = store.done()
-        todo = [it for it in items if it.name not in done]
-        run.reused_features = len(items) - len(todo)
-        stage.start(len(todo))
-        if todo:
-            opts = pycolmap.FeatureExtractionOptions(
-                max_image_size=sift.max_image_size, num_threads=os.cpu_count() or 1,
-                use_gpu=False)
-            opts.sift.max_num_features = sift.max_num_features
-            quiet = max(pycolmap.logging.minloglevel, 1)  # COLMAP's INFO lines would mix
-            pycolmap.logging.minloglevel, level = quiet, pycolmap.logging.minloglevel  # into ours
-            try:
-                extractor = pycolmap.FeatureExtractor.create(opts, pycolmap.Device.cpu)
-            finally:
-                pycolmap.logging.minloglevel = level
-        with interruptible() as stop:
-            for it in stop.each(todo):
-                bitmap = pycolmap.Bitmap.read(str(it.path), False)
-                if bitmap is None:
-                    run.failed[it.name] = f"{it.path}: COLMAP cannot read this image"
-                    stage.advance(it.name, error=run.failed[it.name])
-                else:
-                    store.add(it.name, sift_features(bitmap, extractor, sift.max_image_size))
-                    run.extracted += 1
-                    stage.advance(it.name)
-        run.interrupted = stop.requested
-    run.seconds_extract = time.perf_counter() - t0
 
 
 def _match(run: MethodRun, pairs: Sequence[Pair], device: str,
