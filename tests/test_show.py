@@ -6,6 +6,8 @@ Features are extracted from sample images (small, two-level pyramid), matched wi
 model is a synthetic scene triangulated by pycolmap, with a few far points that the
 views must leave out. Pictures are checked for size, for not being blank, and for the
 colours that carry the information (keypoint markers, green inliers, red rejects).
+The drawing functions are also called with arrays alone (plain gray images, keypoints and
+matches at known places), checking where exactly they draw.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from d2cli.errors import BadFile, InputNotFound, MissingName, OutputError, Usage
 from d2cli.extract import ExtractSettings, extract
 from d2cli.io.features import FeatureFile, MatchFile
 from d2cli.match import match
-from d2cli.show import show_keypoints, show_matches, show_model
+from d2cli.show import (
+    draw_keypoints,
+    draw_matches,
+    draw_model,
+    show_keypoints,
+    show_matches,
+    show_model,
+)
 
 # landscape 1068x694, portrait 779x1052 (the pair with most inliers), portrait 780x1063
 NAMES = ["10265353_3838484249.jpg", "60584745_2207571072.jpg", "02928139_3448003521.jpg"]
@@ -148,6 +157,115 @@ def model_dir(tmp_path_factory) -> Path:
                                 options=pycolmap.IncrementalPipelineOptions(num_threads=2,
                                                                             extract_colors=False))
     return out
+
+
+# --------------------------------------------------------------------------- drawing from arrays
+GRAY = 64 + int(0.6 * 128)  # a 128 gray photo as drawn (faded)
+
+
+def gray_image(w: int, h: int) -> np.ndarray:
+    return np.full((h, w, 3), 128, np.uint8)
+
+
+def test_draw_keypoints_changes_only_the_keypoints_neighbourhoods(tmp_path):
+    """800x600 is drawn at its size, at (6, 34) in the picture: a keypoint at (x, y) is the
+    marker centred on picture pixel (6 + x, 34 + y), and nothing else of the photo changes
+    but the "N keypoints" label in its top-left corner."""
+    kp = np.array([[100.0, 100.0], [400.0, 300.0], [700.0, 500.0], [250.0, 450.0]])
+    scores = np.array([0.1, 0.5, 0.9, 0.3])
+    res = draw_keypoints(gray_image(800, 600), kp, tmp_path / "kp.png", scores=scores)
+    assert (res.width, res.height) == (6 + 800 + 150, 34 + 600 + 6)
+    assert res.counts == {"keypoints": 4, "color_by": "score"}
+    px = picture(tmp_path / "kp.png")
+    photo = px[34:634, 6:806]
+    changed = (photo != GRAY).any(2)
+    changed[:40, :200] = False  # the label
+    rows, cols = np.nonzero(changed)
+    dist = np.hypot(cols[:, None] - kp[:, 0], rows[:, None] - kp[:, 1]).min(1)
+    assert len(rows) and dist.max() <= 6.5  # 9 px markers, nothing drawn elsewhere
+    for x, y in kp.astype(int):
+        near = colourful(photo[y - 7:y + 8, x - 7:x + 8])
+        assert near.sum() >= 20, (x, y)
+        cy, cx = np.argwhere(near).mean(0) - 7  # marker centred on the keypoint's pixel
+        assert abs(cx) < 0.35 and abs(cy) < 0.35, (x, y, cx, cy)
+    r, _, b = photo[500, 700]  # strongest: plasma's yellow end
+    assert r > 200 and b < 100
+    r, _, b = photo[100, 100]  # weakest: plasma's blue end
+    assert b > 100 and r < 60
+
+    by_scale = draw_keypoints(gray_image(800, 600), kp, tmp_path / "s.png", color_by="scale",
+                              scales=np.array([1.0, 2.0, 1.0, 2.0]))
+    assert by_scale.counts["by_scale"] == {"0.5x": 2, "1x": 2}
+    with pytest.raises(ValueError, match="keypoints"):
+        draw_keypoints(gray_image(800, 600), np.zeros((4, 3)), tmp_path / "x.png", scores=scores)
+    with pytest.raises(ValueError, match="scales"):
+        draw_keypoints(gray_image(800, 600), kp, tmp_path / "x.png", color_by="scale")
+    with pytest.raises(ValueError, match="image"):
+        draw_keypoints(gray_image(800, 600)[:, :, 0], kp, tmp_path / "x.png", scores=scores)
+
+
+def test_draw_matches_canvas_and_lines(tmp_path):
+    """900x800 and 600x800 are drawn at their size, 12 px apart, at (6, 40) in the picture:
+    an inlier line in green and a rejected one in red run between the matched keypoints."""
+    kp0 = np.array([[100.0, 200.0], [700.0, 600.0]])
+    kp1 = np.array([[50.0, 600.0], [500.0, 100.0]])
+    m = np.array([[0, 0], [1, 1]])
+    res = draw_matches(gray_image(900, 800), gray_image(600, 800), kp0, kp1, m,
+                       tmp_path / "m.png", inliers=np.array([True, False]), config="CALIBRATED")
+    assert (res.width, res.height) == (6 + 900 + 12 + 600 + 6, 40 + 800 + 6)
+    assert res.counts == {"matches": 2, "inliers": 1, "rejected": 1, "config": "CALIBRATED",
+                          "verified": True}
+    px = picture(tmp_path / "m.png")
+    assert (px[40:100, 906:918] == 255).all()  # the gap between the images
+    assert (px[45:100, 600:900] == GRAY).all() and (px[700:830, 930:1100] == GRAY).all()
+
+    def along(k: int, t: float) -> tuple[int, int]:
+        """Picture pixel at ``t`` of the way along match k's line."""
+        (x0, y0), (x1, y1) = kp0[k] + [6, 40], kp1[k] + [6 + 912, 40]
+        return round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))
+
+    for k, t in ((0, 0.25), (0, 0.5), (1, 0.5), (1, 0.75)):
+        x, y = along(k, t)
+        win = px[y - 2:y + 3, x - 2:x + 3]
+        assert (green if k == 0 else red)(win).any(), (k, t)
+        assert not (red if k == 0 else green)(win).any(), (k, t)
+    # the ends sit on the keypoints: (100, 200) of image 0, (500, 100) of image 1
+    assert green(px[40 + 197:40 + 204, 6 + 97:6 + 104]).any()
+    assert red(px[40 + 97:40 + 104, 918 + 497:918 + 504]).any()
+
+    plain = draw_matches(gray_image(900, 800), gray_image(600, 800), kp0, kp1, m,
+                         tmp_path / "p.png")
+    assert plain.counts == {"matches": 2}
+    with pytest.raises(ValueError, match="index past keypoints1"):
+        draw_matches(gray_image(900, 800), gray_image(600, 800), kp0, kp1[:1], m,
+                     tmp_path / "x.png")
+    with pytest.raises(ValueError, match="inliers"):
+        draw_matches(gray_image(900, 800), gray_image(600, 800), kp0, kp1, m, tmp_path / "x.png",
+                     inliers=np.array([True]))
+
+
+def test_draw_model_from_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-1, 1, (300, 3))
+    centres, rots = [], []
+    for a in np.deg2rad([-15, 0, 15]):
+        c = np.array([6 * np.sin(a), 0, -6 * np.cos(a)])
+        z = -c / 6
+        x = np.cross([0, 1.0, 0], z)
+        x /= np.linalg.norm(x)
+        centres.append(c)
+        rots.append(np.stack([x, np.cross(z, x), z]))
+    res = draw_model(pts, np.array(rots), np.array(centres), tmp_path / "model.png",
+                     track_lengths=rng.integers(2, 6, 300), width=800)
+    assert (res.width, res.height) == (800, 576)
+    assert res.counts["points3D"] == 300 and res.counts["cameras"] == 3
+    px = picture(tmp_path / "model.png")
+    assert_not_blank(px)
+    assert red(px).sum() > 3 * 20  # the cameras and their viewing directions
+    with pytest.raises(ValueError, match="nothing to draw"):
+        draw_model(np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros((0, 3)), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="centres"):
+        draw_model(pts, np.array(rots), np.zeros((2, 3)), tmp_path / "x.png")
 
 
 # --------------------------------------------------------------------------- keypoints

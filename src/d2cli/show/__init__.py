@@ -1,5 +1,11 @@
 """Pictures of keypoints, matches and sparse models (``d2 show``), as PNG files.
 
+Layout: the drawing functions take arrays and write a PNG (``draw_keypoints``,
+``draw_matches``, ``draw_model``; shapes in their docstrings), on the primitives of
+``draw``; ``inputs`` reads the files (features, matches, COLMAP databases and models, the
+images they name); ``from_files`` holds ``show_*``, the file-level functions behind
+``d2 show`` (load, then draw).
+
 Choices made for readability, whatever the input:
 
 * Photos are drawn in faded gray so that the coloured overlay reads the same on any photo.
@@ -15,9 +21,11 @@ Choices made for readability, whatever the input:
 
 from __future__ import annotations
 
-from .canvas import ShowResult
-from .keypoints import show_keypoints
-from .matches import show_matches
-from .model import show_model
+from .draw import ShowResult
+from .from_files import show_keypoints, show_matches, show_model
+from .keypoints import draw_keypoints
+from .matches import draw_matches
+from .model import draw_model
 
-__all__ = ["ShowResult", "show_keypoints", "show_matches", "show_model"]
+__all__ = ["ShowResult", "draw_keypoints", "draw_matches", "draw_model", "show_keypoints",
+           "show_matches", "show_model"]

@@ -1,159 +1,101 @@
-"""``d2 show matches``: two images side by side with their matches (or verified inliers)."""
+"""Two images side by side with their matches, or verified inliers and rejected matches
+(arrays in, PNG out)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 
-from ..colmap.database import open_database
-from ..colmap.keypoints import from_colmap
-from ..errors import BadFile, InputNotFound, MissingName
-from ..images import load_rgb
-from ..io.features import FeatureFile, MatchFile, image_folder
-from .canvas import (
+from .arrays import check_rgb, check_rows, check_values
+from .draw import (
     INLIER_COLOR,
     MIN_EDGE,
     REJECTED_COLOR,
     ShowResult,
-    _backdrop,
-    _check_out,
-    _check_size,
-    _figure,
-    _image_axes,
-    _locate,
-    _Located,
-    _open_features,
-    _pt,
-    _save,
-    _to_display,
+    backdrop,
+    check_out,
+    figure,
+    image_axes,
+    pt,
+    save,
+    to_display,
 )
 
-
-@dataclass
-class _PairData:
-    kp0: np.ndarray
-    kp1: np.ndarray
-    matches: np.ndarray  # (M, 2)
-    inlier: np.ndarray | None  # (M,) bool, None without a verified geometry
-    config: str | None
+UNVERIFIED_COLOR = "#ffb000"
+GAP = 12  # pixels between the two images
 
 
-def _pair_from_db(db: Any, loc0: _Located, loc1: _Located, db_path: Path) -> _PairData:
-    import pycolmap
-
-    id0 = db.read_image_with_name(loc0.name).image_id
-    id1 = db.read_image_with_name(loc1.name).image_id
-    if not db.exists_matches(id0, id1):
-        raise MissingName(f"pair {loc0.name} {loc1.name}: no matches in {db_path}")
-    matches = np.asarray(db.read_matches(id0, id1), dtype=np.int64).reshape(-1, 2)
-    kp0 = from_colmap(np.asarray(db.read_keypoints(id0))[:, :2])
-    kp1 = from_colmap(np.asarray(db.read_keypoints(id1))[:, :2])
-    inlier, config = None, None
-    if db.exists_two_view_geometry(id0, id1):
-        tvg = db.read_two_view_geometry(id0, id1)  # columns already in (id0, id1) order
-        config = pycolmap.TwoViewGeometryConfiguration(int(tvg.config)).name
-        good = np.asarray(tvg.inlier_matches, dtype=np.int64).reshape(-1, 2)
-        inlier = _rows_in(matches, good)
-    return _PairData(kp0, kp1, matches, inlier, config)
-
-
-def _rows_in(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """For each row of a: is it a row of b? (int index pairs)"""
-    if not len(a) or not len(b):
-        return np.zeros(len(a), bool)
-    base = int(max(a.max(), b.max())) + 1
-    return np.isin(a[:, 0] * base + a[:, 1], b[:, 0] * base + b[:, 1])
-
-
-def show_matches(
-    name0: str | os.PathLike,
-    name1: str | os.PathLike,
-    features: str | os.PathLike = "feats.h5",
-    matches: str | os.PathLike = "matches.h5",
+def draw_matches(
+    image0: np.ndarray,
+    image1: np.ndarray,
+    keypoints0: np.ndarray,
+    keypoints1: np.ndarray,
+    matches: np.ndarray,
+    out: str | os.PathLike,
     *,
-    db: str | os.PathLike | None = None,
-    out: str | os.PathLike = "matches.png",
-    image_dir: str | os.PathLike | None = None,
+    inliers: np.ndarray | None = None,
+    config: str | None = None,
+    verified: bool | None = None,
+    names: tuple[str, str] | None = None,
     max_width: int = 2400,
     max_height: int = 1000,
 ) -> ShowResult:
-    """Draw two images side by side with their match lines.
+    """Write ``out`` (PNG): the two images side by side at one height, in faded gray, with a
+    line per match.
 
-    Without ``db``: the matches of the matches file, coloured by their height in the first
-    image (a crossing line stands out from its neighbours). With ``db`` (a COLMAP database
-    from ``d2 colmap-import``): keypoints and matches come from the database, inliers of
-    the verified two-view geometry are green, rejected matches red. The features file is
-    then only read for the image folder (``image_dir`` replaces it).
+    ``image0``, ``image1``: (H, W, 3) uint8 RGB. ``keypoints0``, ``keypoints1``: (N0, 2) and
+    (N1, 2) float x, y, pixel centre at integer coordinates. ``matches``: (M, 2) int, rows
+    (index into keypoints0, index into keypoints1).
+
+    Colours: without ``inliers`` and ``verified``, each line by its height in image 0 (a
+    crossing line stands out); ``inliers`` ((M,) bool, the matches a verified two-view
+    geometry kept): inliers green, rejected red, ``config`` (the geometry's name) in the
+    heading; ``verified=False`` (no geometry is known for the pair): all lines orange.
+    ``names`` head the picture. Returns its size and counts (``matches``; ``inliers``,
+    ``rejected``, ``config``, ``verified`` when verification is known).
     """
-    out = _check_out(out)
-    db_path = Path(db) if db is not None else None
-    if db_path is not None and not db_path.is_file():
-        raise InputNotFound(f"{db_path}: database not found")
-    need_features = db_path is None or image_dir is None
-    if need_features or Path(features).is_file():
-        ff: FeatureFile | None = _open_features(features)
-    else:
-        ff = None
-    try:
-        root = image_folder(ff, image_dir)
-        if db_path is not None:
-            with open_database(db_path, create=False) as cdb:
-                def known(n: str) -> bool:
-                    return cdb.read_image_with_name(n) is not None
-                loc0 = _locate(name0, known, root, f"database {db_path}")
-                loc1 = _locate(name1, known, root, f"database {db_path}")
-                sizes = [_db_size(cdb, loc.name) for loc in (loc0, loc1)]
-                pair = _pair_from_db(cdb, loc0, loc1, db_path)
-            where = f"database {db_path}"
-        else:
-            assert ff is not None
-            where = f"features file {ff.path}"
-            loc0 = _locate(name0, ff.__contains__, root, where)
-            loc1 = _locate(name1, ff.__contains__, root, where)
-            with MatchFile(matches) as mf:
-                m, _ = mf.get(loc0.name, loc1.name)
-            f0, f1 = ff[loc0.name], ff[loc1.name]
-            sizes = [tuple(int(v) for v in f.image_size[:2]) for f in (f0, f1)]
-            pair = _PairData(f0.keypoints[:, :2], f1.keypoints[:, :2], m, None, None)
-    finally:
-        if ff is not None:
-            ff.close()
-    for k, kp in ((0, pair.kp0), (1, pair.kp1)):
-        if len(pair.matches) and pair.matches[:, k].max() >= len(kp):
-            raise BadFile(f"{where}: matches of {(loc0, loc1)[k].name} index past its keypoints")
+    out = check_out(out)
+    rgb0, rgb1 = check_rgb(image0, "image0"), check_rgb(image1, "image1")
+    m = check_rows(matches, 2, "matches")
+    if m.dtype.kind not in "iu":
+        raise ValueError(f"matches: expected integer indices, got {m.dtype}")
+    for k, kp in enumerate((keypoints0, keypoints1)):
+        kp = check_rows(kp, 2, f"keypoints{k}")
+        if len(m) and (m[:, k].min() < 0 or m[:, k].max() >= len(kp)):
+            raise ValueError(f"matches[:, {k}] index past keypoints{k} ({len(kp)} keypoints)")
+    inliers = check_values(inliers, len(m), "inliers")
+    if inliers is not None:
+        inliers = inliers.astype(bool)
+        verified = True
+    elif verified:
+        raise ValueError("verified=True needs the inliers")
 
-    rgb0, rgb1 = load_rgb(loc0.path), load_rgb(loc1.path)
-    _check_size(loc0, rgb0, sizes[0], where)
-    _check_size(loc1, rgb1, sizes[1], where)
     (h0, w0), (h1, w1) = rgb0.shape[:2], rgb1.shape[:2]
-    gap = 12
     # both images at one height; enlarge small pairs, then fit the total width
     dh = min(max_height, max(h0, h1) * max(1.0, MIN_EDGE / max(h0, h1, (w0 + w1) / 2)))
-    if dh * (w0 / h0 + w1 / h1) + gap > max_width:
-        dh = (max_width - gap) / (w0 / h0 + w1 / h1)
+    if dh * (w0 / h0 + w1 / h1) + GAP > max_width:
+        dh = (max_width - GAP) / (w0 / h0 + w1 / h1)
     f0, f1 = dh / h0, dh / h1
     dw0, dw1, dhi = max(1, round(w0 * f0)), max(1, round(w1 * f1)), max(1, round(dh))
-    canvas = np.full((dhi, dw0 + gap + dw1, 3), 255, np.uint8)
-    canvas[:, :dw0] = _backdrop(rgb0, (dw0, dhi))
-    canvas[:, dw0 + gap:] = _backdrop(rgb1, (dw1, dhi))
+    canvas = np.full((dhi, dw0 + GAP + dw1, 3), 255, np.uint8)
+    canvas[:, :dw0] = backdrop(rgb0, (dw0, dhi))
+    canvas[:, dw0 + GAP:] = backdrop(rgb1, (dw1, dhi))
 
     top, pad = 40, 6
     fw, fh = canvas.shape[1] + 2 * pad, dhi + top + pad
-    fig = _figure(fw, fh)
-    ax = _image_axes(fig, canvas, pad, pad, fw, fh)
+    fig = figure(fw, fh)
+    ax = image_axes(fig, canvas, pad, pad, fw, fh)
 
-    m = pair.matches
-    p0 = _to_display(pair.kp0[m[:, 0]], f0) if len(m) else np.zeros((0, 2))
-    p1 = _to_display(pair.kp1[m[:, 1]], f1) + [dw0 + gap, 0] if len(m) else np.zeros((0, 2))
+    p0 = to_display(np.asarray(keypoints0)[m[:, 0]], f0) if len(m) else np.zeros((0, 2))
+    p1 = to_display(np.asarray(keypoints1)[m[:, 1]], f1) + [dw0 + GAP, 0] if len(m) else np.zeros((0, 2))
     lw = float(np.clip(1.6 * np.sqrt(150 / max(len(m), 1)), 0.5, 1.6))
     alpha = float(np.clip(0.9 * np.sqrt(300 / max(len(m), 1)), 0.35, 0.9))
-    counts: dict[str, Any] = {"name0": loc0.name, "name1": loc1.name, "matches": int(len(m))}
+    counts: dict[str, Any] = {"matches": int(len(m))}
 
     def draw(sel: np.ndarray, color: Any, a: float, width: float = lw) -> None:
         if isinstance(color, np.ndarray):  # one colour per match
@@ -161,39 +103,33 @@ def show_matches(
         segs = np.stack([p0[sel], p1[sel]], axis=1)
         ends = np.concatenate([p0[sel], p1[sel]])
         cols = np.concatenate([color, color]) if isinstance(color, np.ndarray) else color
-        ax.add_collection(LineCollection(segs, colors=color, linewidths=_pt(width), alpha=a))
-        ax.scatter(ends[:, 0], ends[:, 1], s=_pt(width * 2.6) ** 2, c=cols, alpha=min(1.0, a + 0.1),
+        ax.add_collection(LineCollection(segs, colors=color, linewidths=pt(width), alpha=a))
+        ax.scatter(ends[:, 0], ends[:, 1], s=pt(width * 2.6) ** 2, c=cols, alpha=min(1.0, a + 0.1),
                    linewidths=0)
 
-    title = f"{loc0.name}  —  {loc1.name}:  {len(m):,} matches"
-    if db_path is None:
+    title = f"{names[0]}  —  {names[1]}:  " if names is not None else ""
+    title += f"{len(m):,} matches"
+    if verified is None:
         if len(m):
-            from matplotlib import colormaps
-
             draw(np.ones(len(m), bool), colormaps["turbo"](p0[:, 1] / max(dhi - 1, 1)), alpha)
-    elif pair.inlier is None:
+    elif inliers is None:
         counts.update(inliers=None, verified=False)
         title += "  (not verified in the database)"
         if len(m):
-            draw(np.ones(len(m), bool), "#ffb000", alpha)
+            draw(np.ones(len(m), bool), UNVERIFIED_COLOR, alpha)
     else:
-        k = int(pair.inlier.sum())
-        counts.update(inliers=k, rejected=int(len(m) - k), config=pair.config, verified=True)
-        title += f",  {k:,} inliers ({100 * k / max(len(m), 1):.0f}%)  ·  {pair.config}"
+        k = int(inliers.sum())
+        counts.update(inliers=k, rejected=int(len(m) - k), config=config, verified=True)
+        title += f",  {k:,} inliers ({100 * k / max(len(m), 1):.0f}%)"
+        if config is not None:
+            title += f"  ·  {config}"
         # rejected first and fainter, so the inliers stay readable on top
-        if (~pair.inlier).any():
-            draw(~pair.inlier, REJECTED_COLOR, alpha * 0.7, lw * 0.8)
+        if (~inliers).any():
+            draw(~inliers, REJECTED_COLOR, alpha * 0.7, lw * 0.8)
         if k:
-            draw(pair.inlier, INLIER_COLOR, min(1.0, alpha + 0.1))
+            draw(inliers, INLIER_COLOR, min(1.0, alpha + 0.1))
         handles = [Line2D([], [], color=INLIER_COLOR, lw=2, label=f"inliers: {k:,}"),
                    Line2D([], [], color=REJECTED_COLOR, lw=2, label=f"rejected: {len(m) - k:,}")]
         ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.85)
     fig.text(pad / fw, 1 - 9 / fh, title, ha="left", va="top", fontsize=11, fontweight="bold")
-    width, height = _save(fig, out)
-    return ShowResult(out, width, height, counts)
-
-
-def _db_size(db: Any, name: str) -> tuple[int, int] | None:
-    im = db.read_image_with_name(name)
-    cam = db.read_camera(im.camera_id)
-    return (int(cam.width), int(cam.height)) if cam is not None else None
+    return save(fig, out, counts)

@@ -1,9 +1,9 @@
-"""``d2 show model``: top and side views of a COLMAP model, track lengths, errors."""
+"""A sparse model: top and side views of its 3D points and cameras, histograms of track
+lengths and reprojection errors (arrays in, PNG out)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,21 +11,16 @@ from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from ..errors import EmptyInput
-from ..io.colmap_model import read_model
-from .canvas import (
+from .arrays import check_rows, check_values
+from .draw import (
     CAMERA_COLOR,
     MAX_POINTS_DRAWN,
     ShowResult,
-    _check_out,
-    _figure,
-    _pt,
-    _save,
+    check_out,
+    figure,
+    pt,
+    save,
 )
-
-
-def _read_model(model_dir: Path) -> Any:
-    return read_model(model_dir)
 
 
 def _view_frame(cams_R: np.ndarray, xyz: np.ndarray) -> np.ndarray:
@@ -80,34 +75,55 @@ def _equal_aspect(lo: np.ndarray, hi: np.ndarray, box: Any, fw: int, fh: int,
     return mid - span / 2, mid + span / 2
 
 
-def show_model(
-    model_dir: str | os.PathLike,
-    out: str | os.PathLike = "model.png",
+
+
+def draw_model(
+    points: np.ndarray,
+    rotations: np.ndarray,
+    centres: np.ndarray,
+    out: str | os.PathLike,
     *,
+    colors: np.ndarray | None = None,
+    track_lengths: np.ndarray | None = None,
+    errors: np.ndarray | None = None,
+    directions: np.ndarray | None = None,
+    title: str | None = None,
     width: int = 1600,
 ) -> ShowResult:
-    """Draw a COLMAP model: a top and a side view of the 3D points with the camera centres
-    and viewing directions, and histograms of track lengths and reprojection errors.
+    """Write ``out`` (PNG, ``width`` x 0.72 ``width``): a top and a side view of the 3D
+    points with the camera centres and viewing directions, and histograms of track lengths
+    and reprojection errors.
+
+    ``points``: (N, 3) float world coordinates. ``rotations``: (K, 3, 3) cam_from_world
+    rotation matrices (COLMAP's: camera x right, y down, z forward) and ``centres``: (K, 3)
+    camera centres, of the K cameras drawn. ``colors``: (N, 3) uint8 RGB (None or all black:
+    one colour). ``track_lengths``: (N,) int, ``errors``: (N,) float mean reprojection
+    error in pixels (None: that histogram is left empty). ``directions``: (K, 3) viewing
+    directions (default the rotations' z rows). ``title`` heads the picture (default:
+    the counts).
 
     "Up" is the cameras' mean up direction (no gravity is known); the horizontal axis is
-    the points' main direction. Views keep the points' 1-99 percentile box.
+    the points' main direction. Views keep the points' 1-99 percentile box. Returns the
+    size and counts (``points3D``, ``cameras``, ``mean_track_length``,
+    ``points_outside_view``: the most points one view leaves out).
     """
-    out = _check_out(out)
-    model_dir = Path(model_dir)
-    rec = _read_model(model_dir)
-    ids = list(rec.point3D_ids())
-    n_pts = len(ids)
-    reg = [rec.images[i] for i in rec.reg_image_ids()]
-    if not n_pts and not reg:
-        raise EmptyInput(f"{model_dir}: the model has no registered images and no 3D points")
-    xyz = np.array([rec.points3D[i].xyz for i in ids], dtype=np.float64).reshape(-1, 3)
-    rgb = np.array([rec.points3D[i].color for i in ids], dtype=np.float64).reshape(-1, 3) / 255
-    track = np.array([rec.points3D[i].track.length() for i in ids], dtype=np.int64)
-    err = np.array([rec.points3D[i].error for i in ids], dtype=np.float64)
-    poses = [im.cam_from_world() for im in reg]
-    cams_R = np.array([p.rotation.matrix() for p in poses]).reshape(-1, 3, 3)
-    centres = np.array([im.projection_center() for im in reg], dtype=np.float64).reshape(-1, 3)
-    dirs = np.array([im.viewing_direction() for im in reg], dtype=np.float64).reshape(-1, 3)
+    out = check_out(out)
+    xyz = check_rows(points, 3, "points").astype(np.float64)
+    n_pts = len(xyz)
+    cams_R = np.asarray(rotations, dtype=np.float64)
+    if cams_R.ndim != 3 or cams_R.shape[1:] != (3, 3):
+        raise ValueError(f"rotations: expected shape (K, 3, 3), got {cams_R.shape}")
+    centres = check_rows(centres, 3, "centres", len(cams_R)).astype(np.float64)
+    dirs = check_rows(cams_R[:, 2, :] if directions is None else directions, 3, "directions",
+                      len(cams_R)).astype(np.float64)
+    if not n_pts and not len(centres):
+        raise ValueError("nothing to draw: no points and no cameras")
+    rgb = (np.zeros((n_pts, 3)) if colors is None
+           else check_rows(colors, 3, "colors", n_pts).astype(np.float64) / 255)
+    track = check_values(track_lengths, n_pts, "track_lengths")
+    track = np.zeros(0, np.int64) if track is None else track.astype(np.int64)
+    err = check_values(errors, n_pts, "errors")
+    err = np.zeros(0) if err is None else err.astype(np.float64)
 
     frame = _view_frame(cams_R, xyz)
     # origin at the points' median: ticks read as distances, not as 0.9705, 0.9706, ...
@@ -116,7 +132,7 @@ def show_model(
 
     fw = int(width)
     fh = int(round(fw * 0.72))
-    fig = _figure(fw, fh)
+    fig = figure(fw, fh)
     gs = fig.add_gridspec(2, 2, height_ratios=[2.1, 1], left=0.05, right=0.985, bottom=0.07,
                           top=0.9, hspace=0.32, wspace=0.14)
     drawn = np.arange(n_pts)
@@ -135,7 +151,7 @@ def show_model(
         out_here = int(np.sum(np.any((p2 < lo) | (p2 > hi), axis=1)))
         cams_out = int(np.sum(np.any((c2 < lo) | (c2 > hi), axis=1)))
         outside = max(outside, out_here)
-        ax.scatter(p2[drawn, 0], p2[drawn, 1], s=_pt(point_px) ** 2, linewidths=0,
+        ax.scatter(p2[drawn, 0], p2[drawn, 1], s=pt(point_px) ** 2, linewidths=0,
                    c=rgb[drawn] if colored else "#1f4e9c", alpha=0.6 if colored else 0.45,
                    rasterized=True)
         if len(c2):
@@ -143,9 +159,9 @@ def show_model(
             norms = np.linalg.norm(d2, axis=1, keepdims=True)
             d2n = np.where(norms > 1e-9, d2 / np.maximum(norms, 1e-12), 0.0)
             segs = np.stack([c2, c2 + arrow * d2n], axis=1)
-            ax.add_collection(LineCollection(segs, colors=CAMERA_COLOR, linewidths=_pt(1.6)))
-            ax.scatter(c2[:, 0], c2[:, 1], s=_pt(6) ** 2, color=CAMERA_COLOR, edgecolors="black",
-                       linewidths=_pt(0.6), zorder=3)
+            ax.add_collection(LineCollection(segs, colors=CAMERA_COLOR, linewidths=pt(1.6)))
+            ax.scatter(c2[:, 0], c2[:, 1], s=pt(6) ** 2, color=CAMERA_COLOR, edgecolors="black",
+                       linewidths=pt(0.6), zorder=3)
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
         ax.set_aspect("equal", adjustable="box")
@@ -153,20 +169,20 @@ def show_model(
         ax.set_ylabel(labels[1], fontsize=9)
         ax.tick_params(labelsize=8)
         ax.ticklabel_format(style="sci", scilimits=(-3, 4))  # short ticks at any model scale
-        sub = f"{name}: {n_pts:,} points, {len(reg)} cameras"
+        sub = f"{name}: {n_pts:,} points, {len(C)} cameras"
         hidden = [f"{k:,} {what}{'s' if k > 1 else ''}"
                   for k, what in ((out_here, "point"), (cams_out, "camera")) if k]
         if hidden:
             sub += f" ({' and '.join(hidden)} outside the view)"
         ax.set_title(sub, fontsize=10)
         ax.grid(alpha=0.25)
-    if len(c2):
+    if len(C):
         fig.legend(handles=[Line2D([], [], color=CAMERA_COLOR, marker="o", markeredgecolor="black",
                                    lw=1.5, label="camera centre and viewing direction")],
                    loc="upper right", fontsize=9, frameon=False, bbox_to_anchor=(0.985, 0.955))
 
     ax = fig.add_subplot(gs[1, 0])
-    if n_pts:
+    if len(track):
         cap = int(max(np.percentile(track, 99.5), 2))
         bins = np.arange(1.5, cap + 1.5 + 1)
         ax.hist(np.minimum(track, cap), bins=bins, color="#4c72b0", edgecolor="white")
@@ -179,7 +195,7 @@ def show_model(
     ax.tick_params(labelsize=8)
 
     ax = fig.add_subplot(gs[1, 1])
-    good = err[np.isfinite(err) & (err >= 0)] if n_pts else err
+    good = err[np.isfinite(err) & (err >= 0)]
     if len(good):
         top_err = float(max(np.percentile(good, 99), 1e-3))
         ax.hist(np.minimum(good, top_err), bins=40, range=(0, top_err), color="#dd8452",
@@ -190,18 +206,11 @@ def show_model(
     ax.set_ylabel("3D points", fontsize=9)
     ax.tick_params(labelsize=8)
 
-    mean_track = float(track.mean()) if n_pts else 0.0
-    mean_err = float(rec.compute_mean_reprojection_error()) if n_pts else 0.0
-    title = (f"{model_dir}:  {len(reg)} of {rec.num_images()} images registered  ·  {n_pts:,} points"
-             f"  ·  mean track length {mean_track:.2f}  ·  mean reprojection error {mean_err:.2f} px")
-    others = model_dir / "models"
-    if others.is_dir():
-        more = sum(1 for p in others.iterdir() if p.is_dir())
-        if more:
-            title += f"  (+{more} smaller models in {others})"
+    mean_track = float(track.mean()) if len(track) else 0.0
+    if title is None:
+        title = f"{len(C)} cameras  ·  {n_pts:,} points" + (
+            f"  ·  mean track length {mean_track:.2f}" if len(track) else "")
     fig.text(0.05, 0.985, title, ha="left", va="top", fontsize=11, fontweight="bold")
-    width_px, height_px = _save(fig, out)
-    return ShowResult(out, width_px, height_px, {
-        "model": str(model_dir), "registered": len(reg), "images": int(rec.num_images()),
-        "points3D": n_pts, "mean_track_length": round(mean_track, 4),
-        "mean_reprojection_error": round(mean_err, 4), "points_outside_view": outside})
+    return save(fig, out, {"points3D": n_pts, "cameras": len(C),
+                           "mean_track_length": round(mean_track, 4),
+                           "points_outside_view": outside})
