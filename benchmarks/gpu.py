@@ -27,8 +27,7 @@ from PIL import Image
 from real_descriptors import descriptor_sets  # benchmarks/ is on sys.path
 
 from d2cli.extract import Extractor, ExtractSettings
-from d2cli.match import mnn
-from d2cli.mnn import uses_bf16_screen
+from d2cli.mnn import mnn, uses_bf16_screen
 from d2cli.settings import MULTI_SCALE, SINGLE_SCALE
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src/d2cli/data/sacre_coeur/93341989_396310999.jpg"

@@ -42,8 +42,8 @@ from real_descriptors import descriptor_sets
 from timing import best_times
 
 from d2cli.io.h5store import write_attrs
-from d2cli.match import match, mnn
-from d2cli.mnn import matcher_precision
+from d2cli.match import match
+from d2cli.mnn import matcher_precision, mnn
 from d2cli.pairs import pairs_exhaustive
 
 DIM = 512

@@ -26,7 +26,7 @@ from d2cli.eval.hpatches import find_sequences, match_errors
 from d2cli.eval.methods import PairReader, d2_method, run_methods, sift_method
 from d2cli.extract import Extractor, ExtractSettings
 from d2cli.images import find_images, load_rgb
-from d2cli.match import mnn
+from d2cli.mnn import mnn
 from d2cli.refine import PatchFeatures, RefineConfig, bias_corrected, refine_pair
 from d2cli.settings import MULTI_SCALE
 from d2cli.train.augment import HomographyRange, photometric, random_homography, warp_image

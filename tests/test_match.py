@@ -27,7 +27,8 @@ import torch
 from d2cli.errors import IncompatibleFeatures
 from d2cli.io.features import FeatureFile, MatchFile, pair_key
 from d2cli.io.h5store import list_entries, write_attrs
-from d2cli.match import DescriptorCache, MatchSettings, _read_ahead, _read_in_order, match, mnn
+from d2cli.match import DescriptorCache, MatchSettings, _read_ahead, _read_in_order, match
+from d2cli.mnn import mnn
 from d2cli.pairs import pairs_exhaustive
 from d2cli.weights import DEFAULT_MODEL
 
@@ -540,3 +541,37 @@ def test_auto_screens_only_large_pairs_on_fast_bf16_cpus():
     assert matcher_precision("auto", cuda) == "fp32" and not uses_bf16_screen("auto", cuda, big, big)
     # asked for explicitly, bf16 screens at any size; fp32 never does
     assert uses_bf16_screen("bf16", cpu, 10, 10) and not uses_bf16_screen("fp32", cpu, big, big)
+
+
+# --------------------------------------------------------------------------- the matcher seam
+def test_a_new_matcher_is_one_entry_and_the_job_records_and_uses_it(tmp_path, monkeypatch):
+    """A one-way nearest-neighbour matcher, written only against the interface: d2 match
+    uses it, records its name, and refuses to mix its file with mnn's."""
+    from d2cli.errors import UsageError
+    from d2cli.matchers import MATCHERS
+
+    def nearest(s: MatchSettings):
+        def call(d0, d1, *, tile=None, precision="fp32"):
+            sim = d0.float() @ d1.float().T
+            best, j = sim.max(1)
+            return torch.stack([torch.arange(len(d0)), j], 1), best
+        return call
+
+    monkeypatch.setitem(MATCHERS, "nearest", nearest)
+    names = random_features(tmp_path / "f.h5", 2, 40)
+    r = match([(names[0], names[1])], tmp_path / "f.h5", tmp_path / "m.h5", device="cpu",
+              settings=MatchSettings(matcher="nearest"))
+    assert r.num_matches == [40]  # one per row: not the mutual subset mnn keeps
+    with MatchFile(tmp_path / "m.h5") as mf:
+        assert mf.attrs["settings"]["matcher"] == "nearest"
+        m, _ = mf.get(names[0], names[1])
+    mutual = match([(names[0], names[1])], tmp_path / "f.h5", tmp_path / "mnn.h5", device="cpu")
+    assert mutual.num_matches[0] < 40
+    with MatchFile(tmp_path / "mnn.h5") as mf:
+        assert {tuple(p) for p in mf.get(names[0], names[1])[0]} < {tuple(p) for p in m}
+    with pytest.raises(IncompatibleFeatures, match=r"\(matcher: nearest -> mnn\)"):
+        match([(names[0], names[1])], tmp_path / "f.h5", tmp_path / "m.h5", device="cpu")
+    with pytest.raises(UsageError, match="unknown matcher 'lightglue' \\(one of mnn, nearest\\)"):
+        match([(names[0], names[1])], tmp_path / "f.h5", tmp_path / "x.h5", device="cpu",
+              settings=MatchSettings(matcher="lightglue"))
+    assert not (tmp_path / "x.h5").exists()

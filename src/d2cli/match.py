@@ -32,7 +32,8 @@ from .io.h5store import H5Store
 from .io.pairs import normalize_pairs, read_pairs
 from .io.provenance import differences
 from .jobs import ProgressFn, Stage, interruptible
-from .mnn import matcher_precision, mnn
+from .matchers import make_matcher
+from .mnn import matcher_precision
 from .settings import MatchSettings
 from .shard import Shard
 
@@ -243,6 +244,7 @@ def match(
     recorded; ``result.precision`` says what ``auto`` meant here.
     """
     settings = settings or MatchSettings()
+    make_matcher(settings)  # an unknown matcher fails before any file is opened
     dev = pick_device(device)
     out = Path(out)
     from_file = isinstance(pairs, (str, os.PathLike))
@@ -337,8 +339,9 @@ def _plan(pair_list: list[Pair], done: set[str], ff0: FeatureFile, ff1: FeatureF
 def _match_pairs(todo: list[Pair], cache: DescriptorCache, store: H5Store,
                  settings: MatchSettings, dev: torch.device, tile: tuple[int, int] | None,
                  precision: str, result: MatchResult, stage: Stage) -> None:
-    """Mutual nearest neighbours of each pair, descriptors read ahead in a thread; Ctrl-C
-    stops after the pair in flight."""
+    """The settings' matcher on each pair, descriptors read ahead in a thread; Ctrl-C stops
+    after the pair in flight."""
+    matcher = make_matcher(settings)
     reader_done = threading.Event()
     # A reader thread pays off only where the products leave the CPU idle (a GPU): on the
     # CPU they already use every core, and the thread's reads and wake-ups take cores from
@@ -354,9 +357,7 @@ def _match_pairs(todo: list[Pair], cache: DescriptorCache, store: H5Store,
                 if error is not None:
                     _fail(result, (a, b), error, stage)
                     continue
-                m, sc = mnn(d0.to(dev), d1.to(dev), ratio=settings.ratio,
-                            max_distance=settings.max_distance, tile=tile,
-                            precision=precision)
+                m, sc = matcher(d0.to(dev), d1.to(dev), tile=tile, precision=precision)
                 store.add(pair_key(a, b), matches_to_arrays(m.numpy(), sc.numpy(),
                                                             d0.shape[0], d1.shape[0]))
                 result.matched.append((a, b))

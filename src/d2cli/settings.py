@@ -111,7 +111,8 @@ class SiftSettings:
 class MatchSettings:
     """Everything that changes the matches of a pair (recorded in the matches file)."""
 
-    ratio: float | None = None  # Lowe's ratio test on top of mutual nearest neighbours
+    matcher: str = "mnn"  # a name of d2cli.matchers.MATCHERS (mutual nearest neighbours)
+    ratio: float | None = None  # Lowe's ratio test on top of the matcher's matches
     max_distance: float | None = None  # between unit descriptors
 
     def __post_init__(self) -> None:
@@ -122,7 +123,7 @@ class MatchSettings:
                              f"got {self.max_distance}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"matcher": "mnn", "ratio": self.ratio, "max_distance": self.max_distance}
+        return {"matcher": self.matcher, "ratio": self.ratio, "max_distance": self.max_distance}
 
 
 # --------------------------------------------------------------------------- database
