@@ -52,6 +52,18 @@ def subset_photos(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def six(subset_photos, tmp_path_factory) -> Path:
+    """The SUBSET photos and a list of them beside them (test_sfm_cli, test_sfm_refine_cli)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("six")
+    for n in SUBSET:
+        shutil.copy(subset_photos / n, root / n)
+    (root / "list.txt").write_text("".join(n + "\n" for n in SUBSET))
+    return root
+
+
 @pytest.fixture(scope="session")
 def d2():
     return run_d2
