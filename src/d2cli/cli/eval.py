@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -101,6 +102,21 @@ def _eval_methods(quiet: bool, device: str, models, fetch, multiscale, scales, b
     return methods
 
 
+def _evaluate(evaluate: Callable[[list[Any], Any], Any], plot: Callable[[Any], Any],
+              no_plot: bool, quiet: bool, device: str, method_options: dict[str, Any],
+              ) -> tuple[Any, dict[str, Any] | None]:
+    """The methods the options name, evaluated with progress, and the summary with its
+    plot; no summary when interrupted."""
+    methods = _eval_methods(quiet, device, **method_options)
+    with progress(quiet) as show:
+        res = evaluate(methods, show)
+    if res.interrupted:
+        return res, None
+    s = res.summary()
+    s["plot"] = None if no_plot else str(plot(res))
+    return res, s
+
+
 def _footer(table: Table, res: Any, s: dict[str, Any], units: str) -> None:
     out_console.print(table)
     out_console.print(f"{units}. Features and matches cached in {res.work_dir}"
@@ -128,15 +144,13 @@ def eval_hpatches_cmd(root, all_sequences, plot, work_dir, device, no_plot, quie
     from ..eval.hpatches import evaluate_hpatches
     from ..eval.plots import plot_mma
 
-    quiet = quiet or as_json
-    methods = _eval_methods(quiet, device, **method_options)
-    with progress(quiet) as show:
-        res = evaluate_hpatches(root, methods, work_dir=work_dir, all_sequences=all_sequences,
-                                device=device, progress=show)
-    if res.interrupted:
+    res, s = _evaluate(
+        lambda methods, show: evaluate_hpatches(root, methods, work_dir=work_dir,
+                                                all_sequences=all_sequences, device=device,
+                                                progress=show),
+        lambda r: plot_mma(r, plot), no_plot, quiet or as_json, device, method_options)
+    if s is None:
         return finish(res)
-    s = res.summary()
-    s["plot"] = None if no_plot else str(plot_mma(res, plot))
     if as_json:
         print_json(s)
     else:
@@ -190,16 +204,14 @@ def eval_pose_cmd(root, pairs_file, max_gap, max_error, ransac_trials, plot, wor
     from ..eval.plots import plot_pose
     from ..eval.pose import evaluate_pose
 
-    quiet = quiet or as_json
-    methods = _eval_methods(quiet, device, **method_options)
-    with progress(quiet) as show:
-        res = evaluate_pose(root, methods, pairs_file=pairs_file, max_gap=max_gap,
-                            max_error=max_error, max_trials=ransac_trials,
-                            work_dir=work_dir, device=device, progress=show)
-    if res.interrupted:
+    res, s = _evaluate(
+        lambda methods, show: evaluate_pose(root, methods, pairs_file=pairs_file,
+                                            max_gap=max_gap, max_error=max_error,
+                                            max_trials=ransac_trials, work_dir=work_dir,
+                                            device=device, progress=show),
+        lambda r: plot_pose(r, plot), no_plot, quiet or as_json, device, method_options)
+    if s is None:
         return finish(res)
-    s = res.summary()
-    s["plot"] = None if no_plot else str(plot_pose(res, plot))
     if as_json:
         print_json(s)
     else:
