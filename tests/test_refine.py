@@ -94,12 +94,55 @@ def test_blocked_equals_unblocked(photo: np.ndarray) -> None:
     np.testing.assert_allclose(big, small, atol=1e-4)
 
 
+# Keypoints on the image's corners and within a pixel of both its edges: their templates and
+# search windows reach outside, where the crops read zeros (black). With the same frame in both
+# views the outside is the same there, so the truth is an exact fit.
+CORNERS = np.array([[0, 0], [255, 0], [0, 255], [255, 255], [2.5, 253.2], [254.6, 0.3],
+                    [0.4, 1.1], [253.9, 254.6]], np.float32)
+
+
 def test_border_keypoints(photo: np.ndarray) -> None:
-    kp = np.array([[0, 0], [255, 255], [0, 128], [2.5, 253.2]], np.float32)
-    m = np.stack([np.arange(4)] * 2, 1)
-    _, k1 = refine_pair(photo, photo, kp, kp + 1, m, IMAGE)
-    assert np.isfinite(k1).all()
-    assert (np.linalg.norm(k1 - (kp + 1), axis=1) <= IMAGE.max_shift).all()
+    """Corner keypoints return to the truth (the photo against itself) from 0.7-4 px inside, to
+    0.1 px: the search reads outside the image as zeros, the same in both views (replicated
+    or mirrored edges, or crops kept inside the image, are 0.5-7 px off)."""
+    m = np.stack([np.arange(len(CORNERS))] * 2, 1)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        inward = np.where(CORNERS < 128, 1, -1).astype(np.float32)
+        start = CORNERS + inward * rng.uniform(0.5, 3, CORNERS.shape).astype(np.float32)
+        _, k1 = refine_pair(photo, photo, CORNERS, start, m, IMAGE)
+        before = np.linalg.norm(start - CORNERS, axis=1)
+        after = np.linalg.norm(k1 - CORNERS, axis=1)
+        assert (after < 0.1).all() and (after < before).all(), (seed, after.round(3))
+
+
+@pytest.mark.xfail(strict=True, reason="defect: an edge keypoint's template is partly black "
+                   "(zeros outside the image) and NCC follows that edge: keypoints slide along "
+                   "the border (up to 8 px, the photo against itself) or, at the border of one "
+                   "view only, away from the truth; they should be refined or left unmoved")
+def test_edge_keypoints_are_refined_or_left_unmoved(photo: np.ndarray) -> None:
+    """Keypoints whose template leaves the image, away from the corners: each refined one is
+    closer to the truth than its start and within 0.25 px of it, or left where it was."""
+    def check(img0, img1, kp0, truth, seed):
+        rng = np.random.default_rng(seed)
+        start = np.clip(truth + rng.uniform(-3, 3, truth.shape).astype(np.float32), 0, 255)
+        _, k1 = refine_pair(img0, img1, kp0, start, np.stack([np.arange(len(kp0))] * 2, 1),
+                            IMAGE)
+        moved = (k1 != start).any(axis=1)
+        after = np.linalg.norm(k1 - truth, axis=1)
+        ok = ~moved | ((after < np.linalg.norm(start - truth, axis=1)) & (after < 0.25))
+        assert ok.all(), (seed, after[~ok].round(2))
+
+    edges = np.array([[0, 128], [128, 255], [128, 0], [255, 128], [1.2, 60], [60, 254.1]],
+                     np.float32)
+    for seed in range(8):  # the same frame: the truth is the keypoint of the other view
+        check(photo, photo, edges, edges, seed)
+    # at the border of this view only: the reference is a wider frame of the same photo
+    wide = load_rgb(PHOTO)[150:506, 150:506].copy()
+    t = np.float32([0.0, 0.6, 2.0, 4.4, 128.0, 251.3, 254.0, 255.0])
+    truth = np.array([[x, y] for x in t for y in t if min(x, y) < 5 or max(x, y) > 250],
+                     np.float32)
+    check(wide, photo, truth + 50, truth, 0)
 
 
 def test_tracks_one_position_and_consistent(photo: np.ndarray) -> None:
