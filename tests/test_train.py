@@ -468,16 +468,55 @@ def test_soft_detection_scores_are_differentiable_without_nan():
     s.sum().backward()
     assert torch.isfinite(x.grad).all()
     assert F.relu(x).sum() == 0
+    # away from ReLU's kink the gradient is the true one (finite differences, float64), and
+    # it is zero exactly where ReLU cuts the input (a cell of all-negative channels), and
+    # non-zero in every other cell
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(1, 3, 4, 5, generator=g, dtype=torch.float64) + 0.1)
+    x[0, :, 1, 2] = -0.5
+    x.requires_grad_(True)
+    w = torch.rand(4, 5, generator=g, dtype=torch.float64)  # a loss that weighs each cell
+    assert torch.autograd.gradcheck(lambda t: (soft_detection_scores(t) * w).sum(), (x,))
+    (soft_detection_scores(x) * w).sum().backward()
+    per_cell = x.grad[0].abs().sum(dim=0)  # (4, 5)
+    assert per_cell[1, 2] == 0
+    per_cell[1, 2] = 1.0
+    assert (per_cell > 0).all()  # every other cell's activations move its score
 
 
 def test_relu_descriptors_option_trains_on_test_time_descriptors(tmp_path):
+    """relu_descriptors: the loss of each pair is the triplet loss of the descriptors the
+    test-time network gives (relu of conv4_3); without it, of raw conv4_3 (the reference).
+    The detection scores are the same either way."""
+    from d2cli.images import preprocess
+
     raw = Trainer(_settings(), tmp_path / "a")
     relu = Trainer(_settings(relu_descriptors=True), tmp_path / "b")
     batch = raw.training_pairs(0)
+    usable = [(p, raw._matches(src, p)) for src, p in batch if p is not None]
+    usable = [(p, m) for p, m in usable if m is not None]
+    assert usable
+    s = raw.s
+    x = torch.from_numpy(np.stack([preprocess(im, s.preprocessing)
+                                   for p, _ in usable for im in (p.image1, p.image2)]))
+    test_time = load_d2net(raw.init_model.path, stride=8)  # what d2 extract runs
     with torch.no_grad():
         a, _ = raw.batch_loss(batch)
         b, _ = relu.batch_loss(batch)
-    assert torch.isfinite(a) and torch.isfinite(b) and float(a) != float(b)
+        conv = raw.net(x)
+        desc = test_time(x)
+        assert (conv < 0).any() and torch.allclose(desc, F.relu(conv))
+        scores = soft_detection_scores(conv)
+
+        def loss_of(d: torch.Tensor) -> torch.Tensor:
+            return torch.stack([pair_loss(d[2 * k], d[2 * k + 1], scores[2 * k],
+                                          scores[2 * k + 1], c1, c2, s.margin, s.safe_radius)
+                                for k, (_, (c1, c2)) in enumerate(usable)]).mean()
+
+        on_raw, on_test_time = loss_of(conv), loss_of(desc)
+    assert abs(float(on_raw) - float(on_test_time)) > 1e-3  # the two are told apart
+    assert float(a) == pytest.approx(float(on_raw), rel=1e-5)
+    assert float(b) == pytest.approx(float(on_test_time), rel=1e-5)
 
 
 def test_spread_loss_punishes_collapse_and_not_random_descriptors():
@@ -500,12 +539,14 @@ def test_spread_loss_punishes_collapse_and_not_random_descriptors():
 
 def test_spread_option_changes_the_loss_and_is_validated(tmp_path):
     plain = Trainer(_settings(), tmp_path / "a")
-    spread = Trainer(_settings(spread=1.0), tmp_path / "b")
     batch = plain.training_pairs(0)
     with torch.no_grad():
         a, _ = plain.batch_loss(batch)
-        b, _ = spread.batch_loss(batch)
-    assert float(b) > float(a)
+        b1, _ = Trainer(_settings(spread=1.0), tmp_path / "b").batch_loss(batch)
+        b2, _ = Trainer(_settings(spread=2.0), tmp_path / "c").batch_loss(batch)
+    # the option is the weight of a positive term added to the paper's loss
+    assert float(b1) > float(a) + 1e-4
+    assert float(b2) - float(a) == pytest.approx(2 * (float(b1) - float(a)), rel=1e-4)
     with pytest.raises(UsageError, match="spread"):
         _settings(spread=-1.0)
 
