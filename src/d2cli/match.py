@@ -32,7 +32,7 @@ from .io.h5store import H5Store
 from .io.pairs import normalize_pairs, read_pairs
 from .io.provenance import differences
 from .jobs import ProgressFn, Stage, interruptible
-from .matchers import make_matcher
+from .matchers import DescriptorMatcher, make_matcher
 from .mnn import matcher_precision
 from .settings import MatchSettings
 from .shard import Shard
@@ -244,7 +244,7 @@ def match(
     recorded; ``result.precision`` says what ``auto`` meant here.
     """
     settings = settings or MatchSettings()
-    make_matcher(settings)  # an unknown matcher fails before any file is opened
+    matcher = make_matcher(settings)  # an unknown matcher fails before any file is opened
     dev = pick_device(device)
     out = Path(out)
     from_file = isinstance(pairs, (str, os.PathLike))
@@ -280,7 +280,7 @@ def match(
             result.images = len(set(accesses))
             t_match = time.perf_counter()
             try:
-                _match_pairs(todo, cache, store, settings, dev, tile, precision, result, stage)
+                _match_pairs(todo, cache, store, matcher, dev, tile, precision, result, stage)
             finally:
                 result.descriptor_reads = cache.reads
                 result.seconds = time.perf_counter() - t_match
@@ -337,11 +337,10 @@ def _plan(pair_list: list[Pair], done: set[str], ff0: FeatureFile, ff1: FeatureF
 
 
 def _match_pairs(todo: list[Pair], cache: DescriptorCache, store: H5Store,
-                 settings: MatchSettings, dev: torch.device, tile: tuple[int, int] | None,
+                 matcher: DescriptorMatcher, dev: torch.device, tile: tuple[int, int] | None,
                  precision: str, result: MatchResult, stage: Stage) -> None:
-    """The settings' matcher on each pair, descriptors read ahead in a thread; Ctrl-C stops
+    """``matcher`` on each pair, descriptors read ahead in a thread; Ctrl-C stops
     after the pair in flight."""
-    matcher = make_matcher(settings)
     reader_done = threading.Event()
     # A reader thread pays off only where the products leave the CPU idle (a GPU): on the
     # CPU they already use every core, and the thread's reads and wake-ups take cores from
