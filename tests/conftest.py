@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 GOLDEN = DATA / "golden"
 SAMPLES = ROOT / "src" / "d2cli" / "data" / "sacre_coeur"
+
+
+def as_in_a_terminal() -> None:
+    """``preexec_fn`` of a d2 run that a test stops with Ctrl-C: SIGINT as a terminal's
+    foreground job has it. A test runner started as a background job of a script
+    (``make test &``, nohup) ignores SIGINT; d2 inherits that and, like every background
+    job of a shell, rightly keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import as_in_a_terminal
 
 from d2cli.extract import ExtractSettings, extract
 from d2cli.io import FeatureFile
@@ -181,7 +182,8 @@ def test_python_api_and_image_list(images, tmp_path):
 def _spawn(images: Path, out: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "d2cli", "extract", str(images), "--out", str(out),
            "--commit-every", "1", *FAST]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_in_a_terminal)
 
 
 def _parts(out: Path) -> set[str]:

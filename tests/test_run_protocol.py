@@ -19,6 +19,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+from conftest import as_in_a_terminal
 
 from d2cli.extract import ExtractSettings, extract
 from d2cli.pairs import pairs_exhaustive, save_pairs
@@ -141,7 +142,8 @@ def test_ctrl_c_exits_130_and_the_next_run_resumes(case, tmp_path):
     full = _run(case.args(tmp_path / "full.h5"))
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen([sys.executable, "-m", "d2cli", *case.args(out)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_in_a_terminal)
     seen = []
     for line in proc.stderr:  # the first item done: interrupt as a user would
         seen.append(line)

@@ -9,7 +9,7 @@ import json
 import shutil
 
 import numpy as np
-from conftest import SUBSET
+from conftest import SUBSET, as_in_a_terminal
 
 # --max-edge 640: over mapping seeds 0-5 x 1 and 2 threads the refined database of the six
 # registered all 6 (140-381 points) 12 times; at 400 px it registered 2-6 or failed (exit 2)
@@ -93,7 +93,7 @@ def test_sfm_refine_interrupted_and_killed_resumes_to_the_same_keypoints(six, tm
 
     def interrupt(sig: int, after: int) -> tuple[int, str]:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, preexec_fn=as_in_a_terminal)
         seen = []
         for line in proc.stderr:
             seen.append(line)

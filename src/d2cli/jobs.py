@@ -8,7 +8,8 @@
   stop after the item in flight (``stop.each`` stops yielding); a second one, or a
   ``KeyboardInterrupt`` raised anywhere in the block, ends the block at once. Either
   way the block exits normally with ``stop.requested`` set, so the job still commits
-  what it finished and returns its result with ``interrupted=True``.
+  what it finished and returns its result with ``interrupted=True``. A SIGINT that d2
+  inherited as ignored (a background job of a shell script, nohup) stays ignored.
 - **Outcome**: every job's result has ``failed`` (item -> one-line reason) and
   ``interrupted``; :func:`d2cli.errors.exit_status` turns that into the exit code.
 """
@@ -107,6 +108,8 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
+                if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # a shell's background job (`d2 ... &`, nohup): Ctrl-C is not ours
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
