@@ -1,11 +1,14 @@
 """Featuremetric keypoint refinement: validation sweep and the final HPatches/Oxford table.
 
     python benchmarks/refine.py validate [--pairs 20] [--configs NAME ...]
+    python benchmarks/refine.py hard [--pairs 40] [--configs NAME ...]
     python benchmarks/refine.py evaluate [--multiscale] [--work DIR]
 
 validate: synthetic pairs from the sacre_coeur photos (a 512 crop and a random homography
 of it, d2 train's ranges and photometric changes), d2cli-v1 single scale, mutual NN; MMA
 of every candidate configuration. Tuning happens here only.
+hard: the same, on pairs with strong photometric change and wide baselines
+(benchmarks/hard_pairs.py); also refinement of the verified matches only.
 evaluate: HPatches v_churchill and the Oxford sequences (bark, bikes, graf, ubc), once,
 with the chosen configuration: d2 unrefined / refined / COLMAP SIFT side by side, and
 seconds per pair of refinement vs extraction and matching (same run, CPU, 1 thread).
@@ -21,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from d2cli.colmap.verification import epipolar_inliers
 from d2cli.device import pick_device
 from d2cli.eval.hpatches import find_sequences, match_errors
 from d2cli.eval.methods import PairReader, d2_method, run_methods, sift_method
 from d2cli.extract import Extractor, ExtractSettings
 from d2cli.images import find_images, load_rgb
 from d2cli.mnn import mnn
-from d2cli.refine import PatchFeatures, RefineConfig, bias_corrected, refine_pair
+from d2cli.refine import PatchFeatures, RefineConfig, bias_corrected, refine_pair, refine_verified
 from d2cli.settings import MULTI_SCALE
 from d2cli.train.augment import HomographyRange, photometric, random_homography, warp_image
 
@@ -71,6 +75,24 @@ CANDIDATES: dict[str, RefineConfig] = {
                                                  pair_iterations=2),
     "image-t11-affine-r6": RefineConfig(source="image", template=11, affine=True, radius=6.0,
                                         max_shift=8.0),
+    "image-t11-affine-r8-s0.5-back1": RefineConfig(source="image", template=11, affine=True,
+                                                   radius=8.0, max_shift=10.0, back_check=1.0),
+    "image-t11-affine-r8-s0.5-back0.5": RefineConfig(source="image", template=11, affine=True,
+                                                     radius=8.0, max_shift=10.0, back_check=0.5),
+    "image-t11-affine-r8-s0.5-gain0.1": RefineConfig(source="image", template=11, affine=True,
+                                                     radius=8.0, max_shift=10.0, min_gain=0.1),
+    "image-t11-affine-r8-s0.7-back1": RefineConfig(source="image", template=11, affine=True,
+                                                   radius=8.0, max_shift=10.0, min_score=0.7,
+                                                   back_check=1.0),
+    "image-t11-affine-r8-s0.6-back1": RefineConfig(source="image", template=11, affine=True,
+                                                   radius=8.0, max_shift=10.0, min_score=0.6,
+                                                   back_check=1.0),
+    "image-t11-affine-r8-s0.7-back1-m6": RefineConfig(source="image", template=11, affine=True,
+                                                      radius=8.0, max_shift=6.0, min_score=0.7,
+                                                      back_check=1.0),
+    "conv1_2-t5-affine-r8-back1": RefineConfig(source="conv1_2", template=5, template_step=2.0,
+                                               affine=True, radius=8.0, max_shift=10.0,
+                                               back_check=1.0),
 }
 CHOSEN = "image-t11-affine-r8-s0.5"
 
@@ -204,6 +226,95 @@ def validate_tracks(args: argparse.Namespace) -> None:
           lambda ims, kps, m: refine_tracks(ims, kps, m, cfg, feats))
 
 
+# --------------------------------------------------------------------- hard validation
+def _corner_error(H_est: np.ndarray | None, H: np.ndarray, size: int) -> float:
+    """Mean distance (px) of the crop's corners mapped by the estimate and by the truth."""
+    if H_est is None:
+        return np.inf
+    c = np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1.0]])
+    a, b = c @ H_est.T, c @ H.T
+    return float(np.linalg.norm(a[:, :2] / a[:, 2:] - b[:, :2] / b[:, 2:], axis=1).mean())
+
+
+def _homography(kp0: np.ndarray, kp1: np.ndarray, m: np.ndarray, max_error: float = 3.0):
+    """LO-RANSAC homography of the matches: (H or None, inlier mask (M,))."""
+    import pycolmap
+
+    if len(m) < 4:
+        return None, np.zeros(len(m), bool)
+    r = pycolmap.estimate_homography_matrix(kp0[m[:, 0]].astype(np.float64),
+                                            kp1[m[:, 1]].astype(np.float64),
+                                            pycolmap.RANSACOptions(max_error=max_error))
+    if r is None:
+        return None, np.zeros(len(m), bool)
+    return r["H"], np.asarray(r["inlier_mask"], bool).reshape(-1)
+
+
+def _hard_data(n: int, cache: Path):
+    """The hard pairs with d2cli-v1 features and MNN matches (cached: extraction dominates)."""
+    from hard_pairs import hard_pairs
+
+    pairs = hard_pairs(n)
+    f = cache / f"hard-{n}.npz"
+    if f.exists():
+        z = np.load(f, allow_pickle=False)
+        feats = [(z[f"k0_{i}"], z[f"k1_{i}"], z[f"m_{i}"]) for i in range(n)]
+    else:
+        ex = Extractor("d2cli-v1", ExtractSettings(), device="cpu")
+        feats, arrays = [], {}
+        for i, p in enumerate(pairs):
+            f0, f1 = ex(p.img0), ex(p.img1)
+            m, _ = mnn(torch.from_numpy(f0.descriptors.T.astype(np.float32)),
+                       torch.from_numpy(f1.descriptors.T.astype(np.float32)))
+            feats.append((f0.keypoints[:, :2], f1.keypoints[:, :2], m.numpy()))
+            arrays.update({f"k0_{i}": feats[-1][0], f"k1_{i}": feats[-1][1], f"m_{i}": feats[-1][2]})
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(f, **arrays)
+    return [(p, *x) for p, x in zip(pairs, feats, strict=True)]
+
+
+def validate_hard(args: argparse.Namespace) -> None:
+    """Photometric change and wide baselines (benchmarks/hard_pairs.py): MMA of the MNN
+    matches (refined where the method refines; "verified first": only those a LO-RANSAC
+    fundamental matrix keeps at 4 px, as d2 eval does), and the share of pairs whose
+    LO-RANSAC homography from them puts the corners within 5 / 10 px of the truth."""
+    from hard_pairs import PHOTOMETRIC
+
+    data = _hard_data(args.pairs, Path(args.cache))
+    print(f"{len(data)} pairs ({', '.join(sorted({d[0].kind for d in data}))}), "
+          f"{np.mean([len(d[3]) for d in data]):.0f} MNN matches/pair\n")
+    print("| method | set | MMA@1 | @3 | @5 | @10 | H within 5 px | 10 px | s/pair |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    methods: list[tuple[str, RefineConfig | None, str]] = [("unrefined", None, "")]
+    for name in args.configs or [CHOSEN]:
+        methods += [(name, CANDIDATES[name], "all"),
+                    (f"{name}, verified first", CANDIDATES[name], "verified"),
+                    (f"{name}, verify, refine, re-verify", CANDIDATES[name], "re-verify")]
+    for label, cfg, order in methods:
+        feats = PatchFeatures(cfg, pick_device(cfg.device)) if cfg else None
+        errs, corner, kinds, t = [], [], [], time.perf_counter()
+        for p, k0, k1, m in data:
+            if order == "re-verify":
+                k0, k1 = refine_verified(p.img0, p.img1, k0, k1, m, cfg, feats)
+            elif cfg is not None:
+                sel = epipolar_inliers(k0, k1, m) if order == "verified" else np.ones(len(m), bool)
+                k0, k1 = refine_pair(p.img0, p.img1, k0, k1, m[sel], cfg, feats)
+            errs.append(match_errors(k0, k1, m, p.H))
+            corner.append(_corner_error(_homography(k0, k1, m)[0], p.H, p.img0.shape[0]))
+            kinds.append(p.kind)
+        sec = (time.perf_counter() - t) / len(data)
+        corner_a, kinds_a = np.array(corner), np.array(kinds)
+        for subset, keep in (("all", np.ones(len(data), bool)),
+                             ("photometric", np.isin(kinds_a, PHOTOMETRIC)),
+                             ("viewpoint", kinds_a == "viewpoint")):
+            if not keep.any():
+                continue
+            solved = [100 * np.mean(corner_a[keep] <= t) for t in (5, 10)]
+            e = [x for x, k in zip(errs, keep, strict=True) if k]
+            print(row(f"{label} | {subset}", np.r_[mma(e), solved],
+                      f" {sec:.2f} |" if subset == "all" else " |"), flush=True)
+
+
 # --------------------------------------------------------------------------- evaluation
 def evaluate(args: argparse.Namespace) -> None:
     cfg = CANDIDATES[args.config]
@@ -227,8 +338,10 @@ def evaluate(args: argparse.Namespace) -> None:
         cost["images"] += runs[0].extracted
         with PairReader(runs[0]) as rd, PairReader(runs[1]) as rs:
             for s in seqs:
-                errs: dict[str, list[np.ndarray]] = {"d2 unrefined": [], "d2 + bias fix": [],
-                                                     "d2 refined": [], "COLMAP SIFT": []}
+                errs: dict[str, list[np.ndarray]] = {
+                    "d2 unrefined": [], "d2 + bias fix": [], "d2 refined": [],
+                    "d2 refined, verified first": [],
+                    "d2 refined, verify, refine, re-verify": [], "COLMAP SIFT": []}
                 nm: dict[str, list[int]] = {key: [] for key in errs}
                 img0 = load_rgb(s.images[0].path)
                 for k in range(1, 6):
@@ -245,15 +358,23 @@ def evaluate(args: argparse.Namespace) -> None:
                     cost["refine"] += time.perf_counter() - t
                     cost["pairs"] += 1
                     errs["d2 refined"].append(match_errors(k0, k1, pd.matches, H))
+                    verified = pd.matches[epipolar_inliers(pd.kp0, pd.kp1, pd.matches)]
+                    k0, k1 = refine_pair(img0, img1, pd.kp0, pd.kp1, verified, cfg, feats)
+                    errs["d2 refined, verified first"].append(match_errors(k0, k1, pd.matches, H))
+                    k0, k1 = refine_verified(img0, img1, pd.kp0, pd.kp1, pd.matches, cfg, feats)
+                    errs["d2 refined, verify, refine, re-verify"].append(
+                        match_errors(k0, k1, pd.matches, H))
                     ps = rs.get(a, b)
                     errs["COLMAP SIFT"].append(match_errors(ps.kp0, ps.kp1, ps.matches, H))
-                    for key in ("d2 unrefined", "d2 + bias fix", "d2 refined"):
+                    for key in ("d2 unrefined", "d2 + bias fix", "d2 refined",
+                                "d2 refined, verified first",
+                                "d2 refined, verify, refine, re-verify"):
                         nm[key].append(len(pd.matches))
                     nm["COLMAP SIFT"].append(len(ps.matches))
                 for key, e in errs.items():
                     print(row(f"{root.name}/{s.name} | {key}", mma(e), f" {np.mean(nm[key]):.0f} |"),
                           flush=True)
-    print("\n| cost (CPU, 1 thread) | seconds |\n| --- | --- |")
+    print(f"\n| cost (CPU, {torch.get_num_threads()} threads) | seconds |\n| --- | --- |")
     if cost["images"]:
         print(f"| d2 extraction per image | {cost['extract'] / cost['images']:.2f} |")
         print(f"| d2 matching per pair (incl. file I/O) | {cost['match'] / cost['pairs']:.2f} |")
@@ -272,6 +393,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--scenes", type=int, default=4)
     t.add_argument("--views", type=int, default=4)
     t.add_argument("--verify", type=float, default=4.0)
+    h = sub.add_parser("hard")
+    h.add_argument("--pairs", type=int, default=40)
+    h.add_argument("--configs", nargs="*", choices=list(CANDIDATES))
+    h.add_argument("--cache", default="/tmp/refine-hard")
     e = sub.add_parser("evaluate")
     e.add_argument("--config", default=CHOSEN, choices=list(CANDIDATES))
     e.add_argument("--data", default="/work/shared/data")
@@ -280,7 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    {"validate": validate, "tracks": validate_tracks, "evaluate": evaluate}[args.cmd](args)
+    {"validate": validate, "tracks": validate_tracks, "hard": validate_hard,
+     "evaluate": evaluate}[args.cmd](args)
 
 
 if __name__ == "__main__":

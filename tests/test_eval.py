@@ -461,7 +461,8 @@ def test_method_labels_name_scales_and_precision():
 
 
 def test_hpatches_refine_adds_a_refined_curve_on_the_same_matches(hp_run, hp_root, d2):
-    """--refine: the cached features and matches, each pair refined; more accurate at 1 px."""
+    """--refine: the cached features and matches, each pair's verified ones refined; more
+    accurate at 1 px; the outcome of every verified match in the summary."""
     out, _ = hp_run
     proc = d2("eval", "hpatches", hp_root, "--refine", "--work-dir", out / "work", "--no-plot",
               "--device", "cpu", "--json")
@@ -472,3 +473,6 @@ def test_hpatches_refine_adds_a_refined_curve_on_the_same_matches(hp_run, hp_roo
     assert refined["matches_per_pair"] == plain["matches_per_pair"]  # same matches
     assert refined["extracted"] == 0 and refined["seconds_refine"] > 0
     assert refined["mma"]["overall"][0] > plain["mma"]["overall"][0]
+    total = round(plain["matches_per_pair"]["overall"] * s["pairs"]["overall"])
+    outcomes = refined["refined_matches"]
+    assert outcomes["moved"] > 0 and 0 < sum(outcomes.values()) < total  # verified ones only

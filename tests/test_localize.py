@@ -181,16 +181,30 @@ def test_refined_localisation_is_as_good_and_an_unreadable_image_fails_its_query
     plain = localize(*args, tmp_path / "plain.txt")
     refined = localize(*args, tmp_path / "refined.txt", refine=RefineConfig())
     assert not refined.failed and sorted(refined.results) == sorted(QUERIES)
+    assert refined.summary()["refined"]["moved"] == sum(r.refined["moved"]
+                                                      for r in refined.results.values())
     full = scene["full"]
+    # rotations compared in the full reconstruction's frame (a similarity from the 8 mapped)
+    tri = pycolmap.Reconstruction(scene["map"])
+    src = np.stack([tri.find_image_with_name(n).projection_center() for n in scene["mapped"]])
+    dst = np.stack([full.find_image_with_name(n).projection_center() for n in scene["mapped"]])
+    Rs = pycolmap.estimate_sim3d(src, dst).rotation.matrix()
     for q in QUERIES:
         p, r = plain.results[q], refined.results[q]
         assert r.correspondences == p.correspondences  # the same 2D-3D pairs, moved
-        # refined points agree with the model at least as well (12 px RANSAC either way)
-        assert r.inliers >= 0.95 * p.inliers
+        # only the first RANSAC's inliers (the plain run's, same seed) are refined
+        assert sum(r.refined.values()) == p.inliers and r.refined["moved"] > 0
+        assert p.refined is None
+        # the second RANSAC keeps most of them (12 px either way); a guard may undo a move, a
+        # wrong move drops out: fewer inliers, a more accurate pose (benchmarks/localize.py)
+        assert r.inliers >= 0.9 * p.inliers
         R = read_poses(tmp_path / "refined.txt")[q][0]
         R0 = read_poses(tmp_path / "plain.txt")[q][0]
-        assert rotation_error(R, R0) < 1.0  # the same pose up to the refinement
-        assert full.find_image_with_name(q) is not None
+        G = full.find_image_with_name(q).cam_from_world().rotation.matrix()
+        # as close to the full reconstruction's pose as the plain one, near the same pose
+        # (observed: 0.99 vs 1.49 deg from the full model, 1.49 deg apart)
+        assert rotation_error(R @ Rs.T, G) <= rotation_error(R0 @ Rs.T, G) + 0.25
+        assert rotation_error(R, R0) < 2.5
 
     # images copied, one query image cut short: that query fails, the other is localised
     imgs = tmp_path / "images"

@@ -9,7 +9,9 @@ For each query (Aachen / hloc ``localize_sfm`` style):
    that the model image's ``points2D[j]`` is keypoint ``j`` + 0.5; this is checked), or,
    InLoc style, when its cutout's XYZ scan has a point under it (``inloc.py``);
 3. pycolmap's LO-RANSAC absolute pose (P3P, ``max_error`` pixels) and a non-linear
-   refinement give the camera pose.
+   refinement give the camera pose;
+4. with ``refine``, the query points of that pose's inliers are refined against their
+   reference keypoints (:mod:`d2cli.refine.query`) and step 3 runs again on them.
 
 Outputs (written atomically when every query is done)::
 
@@ -128,6 +130,7 @@ class QueryResult:
     matches: int  # matches of the query to usable reference images
     references: int  # reference images that gave correspondences
     camera: dict[str, Any]  # model, width, height, params, source (given / exif / default)
+    refined: dict[str, int] | None = None  # --refine: inliers moved / undone / unmoved
 
     def pose_line(self, full_name: bool) -> str:
         name = self.name if full_name else PurePosixPath(self.name).name
@@ -150,6 +153,11 @@ class LocalizeResult:
     seconds: float = 0.0
     interrupted: bool = False
 
+    def refined(self) -> dict[str, int] | None:
+        """With --refine: the pose inliers moved / undone by a guard / unmoved, in all."""
+        rs = [r.refined for r in self.results.values() if r.refined is not None]
+        return {k: sum(r[k] for r in rs) for k in ("moved", "undone", "unmoved")} if rs else None
+
     def summary(self) -> dict[str, Any]:
         inl = [r.inliers for r in self.results.values()]
         return {
@@ -157,6 +165,7 @@ class LocalizeResult:
             "mode": self.mode, "queries": self.queries, "localized": len(self.results),
             "failed": self.failed, "resumed": self.resumed, "ignored_pairs": self.ignored_pairs,
             "median_inliers": float(np.median(inl)) if inl else None,
+            "refined": self.refined(),
             "results": {n: asdict(r) for n, r in self.results.items()},
             "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
         }
@@ -184,12 +193,19 @@ def _query_camera(q: Query, ff: FeatureFile, image_dir: Path | None
     return infer_camera(q.name, w, h, path)
 
 
+@dataclass
+class _Sources:
+    """Where each kept correspondence came from: per reference used, (name, matches (M, 2),
+    rows of m kept), and ``first`` (K,): each correspondence's row in their concatenation."""
+
+    used: list[tuple[str, np.ndarray, np.ndarray]]
+    first: np.ndarray
+
+
 def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
-                     reference: Reference, refiner: QueryRefiner | None = None,
-                     ) -> tuple[np.ndarray, np.ndarray, int, int]:
+                     reference: Reference) -> tuple[np.ndarray, np.ndarray, int, int, _Sources]:
     """(query 2D points (K, 2) in keypoint pixels, 3D points (K, 3), matches used,
-    references used); the 2D points refined against their reference keypoints with
-    ``refiner``, else the query's keypoints."""
+    references used, where each correspondence came from)."""
     kq = ff.keypoints(q)[:, :2]
     n_q = len(kq)
     usable = [r for r in refs if reference.usable(r)]
@@ -226,19 +242,28 @@ def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile
     qi, key, xyz = np.concatenate(q_idx), np.concatenate(keys), np.concatenate(xyzs)
     _, first = np.unique(np.stack([qi, key], 1), axis=0, return_index=True)
     first.sort()
-    p2d = kq[qi[first]]
-    if refiner is not None:  # each kept correspondence against the reference it came from
-        start = np.cumsum([0] + [len(rows) for _, _, rows in used])
-        for j, (r, m, rows) in enumerate(used):
-            sel = (first >= start[j]) & (first < start[j + 1])
-            if not sel.any():
-                continue
-            try:
-                p2d[sel] = refiner.refine(q, r, kq[m[:, 0]], ff.keypoints(r)[m[:, 1], :2],
-                                          rows[first[sel] - start[j]])
-            except D2Error as e:  # an unreadable image costs this query only
-                raise QueryFailed(f"refinement: {e}") from None
-    return p2d, xyz[first], n_matches, n_refs
+    return kq[qi[first]], xyz[first], n_matches, n_refs, _Sources(used, first)
+
+
+def _refine_correspondences(q: str, p2d: np.ndarray, which: np.ndarray, src: _Sources,
+                            ff: FeatureFile, refiner: QueryRefiner
+                            ) -> tuple[np.ndarray, dict[str, int]]:
+    """p2d (K, 2) with the correspondences ``which`` (K,) bool refined, each against the
+    reference keypoint it came from; and the outcome counts."""
+    kq = ff.keypoints(q)[:, :2]
+    out, counts = p2d.copy(), {"moved": 0, "undone": 0, "unmoved": 0}
+    start = np.cumsum([0] + [len(rows) for _, _, rows in src.used])
+    for j, (r, m, rows) in enumerate(src.used):
+        sel = (src.first >= start[j]) & (src.first < start[j + 1]) & which
+        if not sel.any():
+            continue
+        try:
+            out[sel], c = refiner.refine(q, r, kq[m[:, 0]], ff.keypoints(r)[m[:, 1], :2],
+                                         rows[src.first[sel] - start[j]])
+        except D2Error as e:  # an unreadable image costs this query only
+            raise QueryFailed(f"refinement: {e}") from None
+        counts = {k: counts[k] + c[k] for k in counts}
+    return out, counts
 
 
 def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
@@ -249,20 +274,31 @@ def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
     if not refs:
         raise QueryFailed("no pairs with a reference image in the pairs file")
     camera, source = _query_camera(q, ff, image_dir)
-    p2d, p3d, n_matches, n_refs = _correspondences(q.name, refs, ff, mf, reference, refiner)
-    n = len(p2d)
+    kp2d, p3d, n_matches, n_refs, src = _correspondences(q.name, refs, ff, mf, reference)
+    n = len(kp2d)
     if n < max(MIN_PNP_POINTS, s.min_inliers):
         raise QueryFailed(f"only {n} 2D-3D correspondences (need {max(MIN_PNP_POINTS, s.min_inliers)})")
-    p2d = to_colmap(p2d.astype(np.float64))
     est = pycolmap.AbsolutePoseEstimationOptions()
     est.ransac.max_error = s.max_error
     est.ransac.random_seed = s.seed
     refine = pycolmap.AbsolutePoseRefinementOptions()
     refine.refine_focal_length = s.refine_focal_length
-    camera = copy.copy(camera)  # the refinement changes it in place: keep the query's own
-    ret = pycolmap.estimate_and_refine_absolute_pose(p2d, p3d, camera, est, refine)
-    if ret is None:
-        raise QueryFailed(f"no pose: RANSAC found no consistent pose in {n} correspondences")
+    given = camera
+
+    def pose(points: np.ndarray) -> tuple[dict[str, Any], pycolmap.Camera]:
+        cam = copy.copy(given)  # the refinement changes it in place: keep the query's own
+        ret = pycolmap.estimate_and_refine_absolute_pose(to_colmap(points.astype(np.float64)),
+                                                         p3d, cam, est, refine)
+        if ret is None:
+            raise QueryFailed(f"no pose: RANSAC found no consistent pose in {n} correspondences")
+        return ret, cam
+
+    ret, camera = pose(kp2d)
+    refined = None
+    if refiner is not None:  # the inliers only, then the pose again from them
+        inl = np.asarray(ret["inlier_mask"], bool).reshape(-1)
+        moved, refined = _refine_correspondences(q.name, kp2d, inl, src, ff, refiner)
+        ret, camera = pose(moved)
     inliers = int(ret["num_inliers"])
     if inliers < s.min_inliers:
         raise QueryFailed(f"only {inliers} inliers of {n} correspondences "
@@ -273,7 +309,8 @@ def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,
         name=q.name, qvec=[qw, qx, qy, qz], tvec=[float(v) for v in pose.translation],
         inliers=inliers, correspondences=n, matches=n_matches, references=n_refs,
         camera={"model": camera.model.name, "width": camera.width, "height": camera.height,
-                "params": [float(v) for v in camera.params], "source": source})
+                "params": [float(v) for v in camera.params], "source": source},
+        refined=refined)
 
 
 # --------------------------------------------------------------------------- files
@@ -380,9 +417,10 @@ def localize(
     InLoc). ``image_dir`` (default: the features' image root) is read
     for EXIF of queries without intrinsics. ``full_names``: write the query names as given
     (default: basenames, as the Aachen and InLoc submissions want). ``log``: default
-    ``out`` with the suffix ``.log``. ``refine``: refine each correspondence's query
-    point against its reference keypoint first (:mod:`d2cli.refine.query`; reads the query
-    and reference images from ``image_dir``).
+    ``out`` with the suffix ``.log``. ``refine``: refine the query point of each
+    correspondence the pose RANSAC keeps against its reference keypoint, then estimate
+    the pose again (:mod:`d2cli.refine.query`; reads the query and reference images from
+    ``image_dir``).
 
     Failed queries are in ``result.failed`` (name -> reason) and the log; they do not stop
     the others. An interrupted run resumes from ``out.partial`` unless ``overwrite``.

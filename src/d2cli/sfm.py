@@ -185,7 +185,8 @@ def sfm(
             return done()
         database, r = refined, result.steps["refine"]
         status.say(f"refine: {r['keypoints_moved']} keypoints moved (median "
-                   f"{r['median_shift']:.2f} px) in {r['tracks']} tracks")
+                   f"{r['median_shift']:.2f} px, {r.get('keypoints_undone', 0)} moves undone) in "
+                   f"{r['tracks']} tracks")
 
     # 5. model: skipped when made from this very database with these settings
     s = _reconstruct_step(result, database, sparse, stamp_path, p["image_root"], mapping,

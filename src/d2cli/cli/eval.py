@@ -119,6 +119,11 @@ def _evaluate(evaluate: Callable[[list[Any], Any], Any], plot: Callable[[Any], A
 
 def _footer(table: Table, res: Any, s: dict[str, Any], units: str) -> None:
     out_console.print(table)
+    for ms in s["methods"]:  # what refinement did to each refined method's matches
+        if r := ms.get("refined_matches"):
+            out_console.print(f"{ms['label']}: {r.get('moved', 0)} matches moved, "
+                              f"{r.get('undone', 0)} moves undone by the guards, "
+                              f"{r.get('unmoved', 0)} unmoved", highlight=False)
     out_console.print(f"{units}. Features and matches cached in {res.work_dir}"
                       + (f"; plot: {s['plot']}" if s["plot"] else ""),
                       highlight=False, soft_wrap=True)

@@ -45,8 +45,8 @@ from .common import (
               help="Query images, read for EXIF, and with --refine the reference images too "
                    "[default: the root recorded in the features].")
 @click.option("--refine", is_flag=True,
-              help="Featuremetric refinement of every correspondence's query point against "
-                   "its reference keypoint before the pose (reads the images).")
+              help="Featuremetric refinement of the pose's inlier query points against their "
+                   "reference keypoints, then the pose again (reads the images).")
 @click.option("--full-names", is_flag=True,
               help="Write query names as given, not their basenames (the Aachen/InLoc form).")
 @click.option("--overwrite", is_flag=True, help="Do not resume an interrupted run.")
@@ -84,6 +84,8 @@ def localize_cmd(reference, inloc_scans, inloc_alignments, queries, pairs_file, 
             ("localised", f"{s['localized']} / {s['queries']}"
                           + (f" ({s['resumed']} from an interrupted run)" if s["resumed"] else "")),
             ("median inliers", "-" if med is None else f"{med:.0f}"),
+            *([("refined inliers", f"{r['moved']} moved, {r['undone']} undone by the guards, "
+                                   f"{r['unmoved']} unmoved")] if (r := s["refined"]) else []),
             ("reference", f"{s['reference']} ({s['mode']})"),
             ("log", s["log"]),
             ("time", f"{s['seconds']:.1f} s"),

@@ -56,6 +56,8 @@ def refine_cmd(database, features, out_features, out_database, image_dir, device
         summary_table(f"d2 refine -> {out_database}", [
             ("images", s["images"]), ("tracks", s["tracks"]),
             ("keypoints moved", f"{s['keypoints_moved']} (median {s['median_shift']:.2f} px)"),
+            ("moves undone", f"{s['keypoints_undone']} (by the guards: too far, weak, "
+                             "inconsistent, at the border)"),
             ("resumed pairs", s["resumed_pairs"]), ("features", s["features"]),
             ("time", f"{s['seconds']:.1f} s")])
     return finish(result)

@@ -36,6 +36,43 @@ CONFIG = pycolmap.TwoViewGeometryConfiguration
 UNUSABLE_CONFIGS = (int(CONFIG.UNDEFINED), int(CONFIG.DEGENERATE))
 
 
+# two-view uses (d2 eval --refine): the threshold of COLMAP's two-view geometry (px)
+EPIPOLAR_MAX_ERROR = 4.0
+
+
+def epipolar_geometry(kp0: np.ndarray, kp1: np.ndarray, matches: np.ndarray,
+                      max_error: float = EPIPOLAR_MAX_ERROR) -> tuple[np.ndarray | None, np.ndarray]:
+    """The LO-RANSAC fundamental matrix (3, 3) of the matches (M, 2) of keypoints kp0
+    (N0, 2), kp1 (N1, 2) at ``max_error`` px (pycolmap, VERIFY_OPTIONS' RANSAC) and its
+    (M,) bool inliers; (None, none) with fewer than 8 matches or no estimate."""
+    m = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+    if len(m) < 8:
+        return None, np.zeros(len(m), bool)
+    opts = pycolmap.RANSACOptions(max_error=max_error, **VERIFY_OPTIONS["ransac"])
+    r = pycolmap.estimate_fundamental_matrix(kp0[m[:, 0], :2].astype(np.float64),
+                                             kp1[m[:, 1], :2].astype(np.float64), opts)
+    if r is None:
+        return None, np.zeros(len(m), bool)
+    return np.asarray(r["F"]), np.asarray(r["inlier_mask"], bool).reshape(-1)
+
+
+def epipolar_inliers(kp0: np.ndarray, kp1: np.ndarray, matches: np.ndarray,
+                     max_error: float = EPIPOLAR_MAX_ERROR) -> np.ndarray:
+    """(M,) bool: the matches that :func:`epipolar_geometry` keeps."""
+    return epipolar_geometry(kp0, kp1, matches, max_error)[1]
+
+
+def sampson_error(F: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """(M,) first-order geometric error (px) of point pairs x0, x1 (M, 2) under F (the
+    error COLMAP's fundamental-matrix RANSAC thresholds)."""
+    h0 = np.concatenate([x0, np.ones((len(x0), 1))], 1)
+    h1 = np.concatenate([x1, np.ones((len(x1), 1))], 1)
+    f0, f1 = h0 @ F.T, h1 @ F  # F x0 and F^T x1, (M, 3)
+    num = np.einsum("ij,ij->i", h1, f0) ** 2
+    den = f0[:, 0] ** 2 + f0[:, 1] ** 2 + f1[:, 0] ** 2 + f1[:, 1] ** 2
+    return np.sqrt(num / np.maximum(den, 1e-12))
+
+
 def verify_pairs(result: ImportResult, pairs: list[tuple[str, str]], mf: MatchFile,
                  progress: ProgressFn | None) -> None:
     """pycolmap verification of the given pairs, in batches (progress, Ctrl-C between them).

@@ -36,7 +36,8 @@ from ..io.atomic import write_json_atomic
 from ..io.features import FeatureFile, MatchFile
 from ..jobs import ProgressFn, Stage, relabel
 from ..match import match
-from ..refine import PatchFeatures, RefineConfig, refine_pair
+from ..refine import PatchFeatures, RefineConfig
+from ..refine.pair import refine_verified
 from ..settings import SiftSettings
 from ..weights import cache_dir
 
@@ -60,7 +61,9 @@ class Method:
 
 
 def refined_method(m: Method, config: RefineConfig | None = None) -> Method:
-    """The same features and matches, each pair's keypoints refined (:func:`refine_pair`)."""
+    """The same features and matches, each pair's keypoints refined: those of the matches
+    a LO-RANSAC fundamental matrix verifies, moves that leave it undone
+    (:func:`~d2cli.refine.pair.refine_verified`)."""
     return dataclasses.replace(m, label=f"{m.label} + refine", refine=config or RefineConfig())
 
 
@@ -102,6 +105,7 @@ class MethodRun:
     seconds_extract: float = 0.0
     seconds_match: float = 0.0
     seconds_refine: float = 0.0
+    refined: dict[str, int] = field(default_factory=dict)  # outcome -> matches (moved, undone)
     interrupted: bool = False
 
     def info(self) -> dict[str, Any]:
@@ -115,6 +119,7 @@ class MethodRun:
             "seconds_match": round(self.seconds_match, 3),
             "seconds_refine": round(self.seconds_refine, 3),
             "refine": self.method.refine.as_dict() if self.method.refine else None,
+            "refined_matches": self.refined,
         }
 
 
@@ -265,8 +270,9 @@ class PairReader:
         if cfg is not None:
             t0 = time.perf_counter()
             self._patches = self._patches or PatchFeatures(cfg, pick_device(cfg.device))
-            kp0, kp1 = refine_pair(self._image(a), self._image(b), kp0, kp1, m, cfg,
-                                   self._patches)
+            # verify, refine, re-verify: a wrong match is not moved onto a plausible feature
+            kp0, kp1 = refine_verified(self._image(a), self._image(b), kp0, kp1, m, cfg,
+                                       self._patches, counts=self.run.refined)
             self.run.seconds_refine += time.perf_counter() - t0
             self.stage.advance(f"{a} {b}")
         return PairData(kp0, kp1, m, s0, s1)

@@ -8,10 +8,11 @@ crops, or the intensities) agree: two-view (:func:`refine_pair`) or per track
 
 from .config import LAYERS, SOURCES, RefineConfig
 from .features import CropFeatures, PatchFeatures
-from .pair import bias_corrected, refine_pair
+from .pair import bias_corrected, refine_pair, refine_verified
 from .search import local_affine, search
 from .tracks import Tracks, build_tracks, refine_tracks
 
 __all__ = ["LAYERS", "SOURCES", "CropFeatures", "PatchFeatures", "RefineConfig", "Tracks",
            "bias_corrected", "build_tracks", "local_affine", "refine_pair", "refine_tracks",
+           "refine_verified",
            "search"]

@@ -45,6 +45,9 @@ class RefineConfig:
     max_shift: moves longer than this (px) are undone (a wrong peak, not a refinement).
     min_score: so are moves whose best fit is less similar than this (a patch that does not
         look like its reference anywhere in the window: occlusion, a wrong match).
+    min_gain: so are moves whose best fit is not this much more similar than the start.
+    back_check: > 0: so are moves whose reverse search (the moved patch sought in the
+        reference image around the reference point) lands further than this (px) from it.
     pair_iterations: two-view rounds; later ones refit the affine maps on the refined
         positions and search only +-steps[0].
     max_track: tracks with more keypoints are left unchanged (merged tracks of wrong
@@ -62,6 +65,8 @@ class RefineConfig:
     affine_neighbours: int = 12
     max_shift: float = 10.0
     min_score: float = 0.5  # a best fit less similar than this (cosine / NCC) is undone
+    min_gain: float = 0.0
+    back_check: float = 0.0
     pair_iterations: int = 1
     max_track: int = 512
     block_size: int = 1024

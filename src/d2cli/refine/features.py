@@ -5,8 +5,8 @@ offsets from the centre) shows the image at ``c + Ainv u``. With ``Ainv = I`` an
 integer ``c`` the crop is an exact copy of the pixels (no resampling blur); a local
 affine ``Ainv`` shows one image as seen from the other (the reference patch of a match).
 The early VGG layers of the D2-Net model (or the grey image itself) run on the crops, and
-point descriptors are bilinear samples of those maps, L2-normalised (zero-mean first for
-the image: normalised cross-correlation).
+point descriptors are bilinear samples of those maps, compared by cosine (normalised
+cross-correlation for the image).
 
 Shapes: B crops, G query points per crop, T = template**2 samples per point, C channels.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,19 +48,53 @@ def image_tensor(rgb: np.ndarray, config: RefineConfig, device: torch.device) ->
     return torch.from_numpy(preprocess(rgb, "caffe"))[None].to(device)
 
 
+@dataclass
+class Samples:
+    """Feature values at sampled points and which of their samples lie inside the image.
+
+    values (B, G, C, T); inside (B, G, T) bool. Outside the image a crop reads zeros (the
+    mean colour, black for grey), an edge that is not in the scene: only templates wholly
+    inside are compared (:func:`~d2cli.refine.search.search`).
+    """
+
+    values: torch.Tensor
+    inside: torch.Tensor
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> Samples:
+        return Samples(self.values[rows], self.inside[rows])
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def similarity(ref: Samples, cand: Samples, zero_mean: bool) -> torch.Tensor:
+    """Normalised cross-correlation (zero_mean: the intensities) or cosine (network
+    features) of each point's reference (B, 1, C, T) with its candidates (B, G, C, T)
+    -> (B, G)."""
+    r, v = ref.values, cand.values
+    if zero_mean:  # invariant to gain and offset of the intensities
+        r = r - r.mean(dim=(2, 3), keepdim=True)
+        v = v - v.mean(dim=(2, 3), keepdim=True)
+    r = F.normalize(r.flatten(2), dim=-1, eps=1e-8)  # (B, 1, D)
+    v = F.normalize(v.flatten(2), dim=-1, eps=1e-8)  # (B, G, D)
+    return torch.einsum("bgd,bd->bg", v, r[:, 0])
+
+
 class CropFeatures:
     """Feature maps of B crops and the rule that maps crop offsets to map cells."""
 
     def __init__(self, maps: torch.Tensor, half: int, stride: int, offset: float,
-                 template: torch.Tensor, zero_mean: bool) -> None:
+                 template: torch.Tensor, centres: torch.Tensor, ainv: torch.Tensor | None,
+                 image_size: tuple[int, int]) -> None:
         self.maps = maps  # (B, C, s, s)
         self.half = half  # crop pixel u = index - half
         self.stride, self.offset = stride, offset
         self.template = template  # (T, 2) px offsets of a point's samples, crop frame
-        self.zero_mean = zero_mean
+        self.centres, self.ainv = centres, ainv  # crop pixel u shows the image at c + ainv u
+        self.image_size = image_size  # (W, H)
 
-    def sample(self, u: torch.Tensor) -> torch.Tensor:
-        """Descriptors at crop offsets u (B, G, 2) (x, y) -> (B, G, C*T), unit norm."""
+    def sample(self, u: torch.Tensor) -> Samples:
+        """Values at crop offsets u (B, G, 2) (x, y) and the template around each."""
         B, G, _ = u.shape
         pts = u[:, :, None, :] + self.template[None, None]  # (B, G, T, 2)
         cell = (pts + self.half - self.offset) / self.stride  # map cell coordinates
@@ -68,10 +103,12 @@ class CropFeatures:
                             2 * cell[..., 1] / max(s_h - 1, 1) - 1], dim=-1)
         v = F.grid_sample(self.maps, grid.reshape(B, G, -1, 2), mode="bilinear",
                           padding_mode="border", align_corners=True)  # (B, C, G, T)
-        if self.zero_mean:  # NCC: invariant to gain and offset of the intensities
-            v = v - v.mean(dim=(1, 3), keepdim=True)
-        d = v.permute(0, 2, 1, 3).reshape(B, G, -1)
-        return F.normalize(d, dim=-1, eps=1e-8)
+        at = pts if self.ainv is None else torch.einsum("bij,bgtj->bgti", self.ainv, pts)
+        at = at + self.centres[:, None, None, :]  # image x y of every sample
+        W, H = self.image_size
+        inside = ((at[..., 0] >= 0) & (at[..., 0] <= W - 1) & (at[..., 1] >= 0)
+                  & (at[..., 1] <= H - 1))
+        return Samples(v.permute(0, 2, 1, 3), inside)
 
 
 class PatchFeatures:
@@ -113,16 +150,21 @@ class PatchFeatures:
         crop = crop.reshape(image.shape[1], B, S, S).transpose(0, 1).contiguous()
         maps = crop if self.trunk is None else self.trunk(crop)
         return CropFeatures(maps, self.half, self.stride, self.offset, self.template,
-                            zero_mean=self.trunk is None)
+                            centres, ainv, (W, H))
+
+    @property
+    def zero_mean(self) -> bool:
+        """NCC (invariant to gain and offset) for the intensities, cosine for features."""
+        return self.trunk is None
 
     def describe(self, image: torch.Tensor, points: torch.Tensor,
-                 affine: torch.Tensor | None = None) -> torch.Tensor:
-        """Descriptors (N, D) at points (N, 2) of one image, in blocks.
+                 affine: torch.Tensor | None = None) -> Samples:
+        """The reference samples (N, 1, C, T) at points (N, 2) of one image, in blocks.
 
         affine (N, 2, 2): the point's neighbourhood as the other image sees it
         (displacement here -> displacement there); None: as it is.
         """
-        out = []
+        values, inside = [], []
         for b0 in range(0, len(points), self.config.block_size):
             p = points[b0 : b0 + self.config.block_size]
             if affine is None:
@@ -134,14 +176,15 @@ class PatchFeatures:
                 c = p  # resampled anyway: centre the crop on the point itself
                 cf = self.crops(image, c, torch.linalg.inv(a))
                 u = torch.zeros_like(p)
-            out.append(cf.sample(u[:, None, :])[:, 0])
-        if not out:
-            return torch.zeros(0, self.descriptor_size(image), device=self.device)
-        return torch.cat(out)
-
-    def descriptor_size(self, image: torch.Tensor) -> int:
-        ch = image.shape[1] if self.trunk is None else self.trunk[-1].out_channels
-        return int(ch * self.template.shape[0])
+            s = cf.sample(u[:, None, :])
+            values.append(s.values)
+            inside.append(s.inside)
+        if not values:
+            ch = image.shape[1] if self.trunk is None else self.trunk[-1].out_channels
+            T = self.template.shape[0]
+            return Samples(torch.zeros(0, 1, ch, T, device=self.device),
+                           torch.zeros(0, 1, T, dtype=torch.bool, device=self.device))
+        return Samples(torch.cat(values), torch.cat(inside))
 
 
 class ImageCache(LRU[str, torch.Tensor]):

@@ -37,6 +37,7 @@ class RefineResult:
     database: Path
     images: int = 0
     keypoints_moved: int = 0
+    keypoints_undone: int = 0  # moves the guards undid (RefineConfig: max_shift, min_score...)
     tracks: int = 0
     median_shift: float = 0.0  # px, of the keypoints that moved
     seconds: float = 0.0
@@ -47,6 +48,7 @@ class RefineResult:
     def summary(self) -> dict[str, Any]:
         return {"features": str(self.features), "database": str(self.database),
                 "images": self.images, "keypoints_moved": self.keypoints_moved,
+                "keypoints_undone": self.keypoints_undone,
                 "tracks": self.tracks, "median_shift": round(self.median_shift, 3),
                 "resumed_pairs": self.resumed,
                 "seconds": round(self.seconds, 3)}
@@ -119,6 +121,7 @@ def refine_database(database: str | os.PathLike, features: str | os.PathLike,
     moved = shifts[shifts > 0]
     result.images, result.keypoints_moved = len(names), int(len(moved))
     result.median_shift = float(np.median(moved)) if len(moved) else 0.0
+    result.keypoints_undone = sum(pm.undone for pm in done)
     write_moved_keypoints(features, result.features, refined, {"refine": config.as_dict()})
     _write_database(Path(database), result.database, ids, refined)
     journal.remove()
@@ -140,7 +143,7 @@ def _digest(kps: dict[str, np.ndarray], matches: dict[tuple[str, str], np.ndarra
 def _moves_to_json(pm: PairMoves) -> dict[str, Any]:
     """Exact and compact: indices and float32 positions as base64 of their bytes."""
     enc = lambda a, t: base64.b64encode(np.ascontiguousarray(a, t).tobytes()).decode()  # noqa: E731
-    return {"pair": list(pm.pair),
+    return {"pair": list(pm.pair), "undone": pm.undone,
             "moves": [[n, enc(i, "<i8"), enc(p, "<f4")] for n, i, p in pm.moves]}
 
 
@@ -149,7 +152,7 @@ def _moves_from_json(d: dict[str, Any]) -> PairMoves | None:
     try:
         return PairMoves((d["pair"][0], d["pair"][1]),
                          [(n, dec(i, "<i8"), dec(p, "<f4").reshape(-1, 2))
-                          for n, i, p in d["moves"]])
+                          for n, i, p in d["moves"]], int(d.get("undone", 0)))
     except (KeyError, TypeError, ValueError):  # not a record of ours: redo that pair
         return None
 

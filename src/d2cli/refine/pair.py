@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,42 +42,84 @@ def _unique_best(idx: np.ndarray, score: np.ndarray) -> np.ndarray:
     return order[first]
 
 
+# what became of each refined point (Refined.outcome)
+UNMOVED, MOVED, UNDONE_FAR, UNDONE_WEAK, UNDONE_INCONSISTENT = range(5)
+OUTCOMES = ("unmoved", "moved", "undone: too far or off the image", "undone: weak fit",
+            "undone: the reverse search disagrees")
+
+
+@dataclass
+class Refined:
+    """Refined points (M, 2), their best similarity (M,) and outcome (M,) int64 (OUTCOMES)."""
+
+    points: torch.Tensor
+    score: torch.Tensor
+    outcome: torch.Tensor
+
+    def counts(self) -> dict[str, int]:
+        """moved / undone (by a guard) / unmoved: what a user sees in summaries."""
+        o = self.outcome
+        return {"moved": int((o == MOVED).sum()), "undone": int((o >= UNDONE_FAR).sum()),
+                "unmoved": int((o == UNMOVED).sum())}
+
+
 def refine_points(feats: PatchFeatures, t0: torch.Tensor, t1: torch.Tensor, p0: torch.Tensor,
                   p1: torch.Tensor, context: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  ) -> Refined:
     """Move points p1 (M, 2) of image t1 to where the matching points p0 (M, 2) of image t0
     are (t0, t1: :func:`image_tensor` of each image; p0 fixed).
 
     The reference patch at each p0 is warped by the local affine map of its
-    ``affine_neighbours`` nearest matches (``config.affine``). Moves longer than
-    ``max_shift`` or whose best similarity is under ``min_score`` are undone.
+    ``affine_neighbours`` nearest matches (``config.affine``). A move is undone when it
+    is longer than ``max_shift`` or leaves the image, when its best similarity is under
+    ``min_score`` or gains less than ``min_gain`` over the start, and (``back_check`` > 0)
+    when the reverse search, t1's patch at the new position sought in t0 around p0,
+    lands further than ``back_check`` px from p0 (a peak of one direction only).
     context: all matches of the pair (C, 2) x2 when p0, p1 are only some of them: the
     affine maps are fitted to those (once, unrefined).
-    Returns (points (M, 2), best similarity (M,)).
     """
     config = feats.config
     fine = PatchFeatures(dataclasses.replace(config, radius=config.steps[0]), feats.device,
                          trunk=feats.trunk) if config.pair_iterations > 1 else feats
     refit = config.affine and context is None  # refit on the refined positions each round
-    if not config.affine:
-        refs = feats.describe(t0, p0)
-    elif context is not None:
-        refs = feats.describe(t0, p0, local_affine(*context, config.affine_neighbours, at=p0))
-    new, score = p1, torch.zeros(len(p1), device=p1.device)
+    affine = None
+    if config.affine and context is not None:
+        affine = local_affine(*context, config.affine_neighbours, at=p0)
+    refs = None if refit else feats.describe(t0, p0, affine)
+    new = p1
     for it in range(config.pair_iterations):
         if refit:
-            refs = feats.describe(t0, p0, local_affine(p0, new, config.affine_neighbours))
+            affine = local_affine(p0, new, config.affine_neighbours)
+            refs = feats.describe(t0, p0, affine)
         assert refs is not None
         # later rounds only polish: a small window around the last position
-        step = feats if it == 0 else fine
-        new, score = search(step, t1, new, refs)
-    far = ((new - p1).norm(dim=1) > config.max_shift) | (score < config.min_score)
-    return torch.where(far[:, None], p1, new), score
+        found = search(feats if it == 0 else fine, t1, new, refs)
+        new = found.points
+        if it == 0:  # later rounds undo only their own polish
+            start, far = found.start_score, found.undone
+    outcome = torch.where((new - p1).norm(dim=1) > 0, MOVED, UNMOVED)
+    far = far | ((new - p1).norm(dim=1) > config.max_shift)
+    outcome[far] = UNDONE_FAR
+    weak = (outcome == MOVED) & ((found.score < config.min_score)
+                                 | (found.score - start < config.min_gain))
+    outcome[weak] = UNDONE_WEAK
+    if config.back_check > 0:
+        moved = torch.nonzero(outcome == MOVED).squeeze(1)
+        back = PatchFeatures(dataclasses.replace(config, radius=max(2 * config.back_check,
+                                                                    config.steps[0])),
+                             feats.device, trunk=feats.trunk)
+        a_back = None if affine is None else torch.linalg.inv(affine[moved])
+        found_back = search(back, t0, p0[moved], back.describe(t1, new[moved], a_back))
+        off = (found_back.points - p0[moved]).norm(dim=1) > config.back_check
+        outcome[moved[off]] = UNDONE_INCONSISTENT
+    keep = outcome == MOVED
+    return Refined(torch.where(keep[:, None], new, p1), found.score, outcome)
 
 
 def refine_pair(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray,
                 matches: np.ndarray, config: RefineConfig | None = None,
-                feats: PatchFeatures | None = None) -> tuple[np.ndarray, np.ndarray]:
+                feats: PatchFeatures | None = None, counts: dict[str, int] | None = None,
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Move the matched keypoints of image 1 to where image 0's keypoint is.
 
     img0, img1: (H, W, 3) uint8 original images; kp0 (N0, 2), kp1 (N1, 2) float32 x y in
@@ -85,7 +128,8 @@ def refine_pair(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.nda
     matched kp1 moves to the best fit, within ``config.radius``, of kp0's descriptor
     (seen through the local affine map of its neighbouring matches if ``config.affine``).
     A kp1 in several matches takes the move of its best-scoring one. Keypoints in no
-    match are unchanged. ``feats`` reuses a loaded network across calls.
+    match are unchanged. ``feats`` reuses a loaded network across calls; ``counts``, if
+    given, is incremented by the matches' outcomes (:meth:`Refined.counts`).
 
     Returns (kp0 copy, refined kp1), float32.
     """
@@ -101,8 +145,46 @@ def refine_pair(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.nda
     p0 = torch.from_numpy(kp0[matches[:, 0]]).to(device)
     p1 = torch.from_numpy(kp1[matches[:, 1]]).to(device)
     t0, t1 = image_tensor(img0, config, device), image_tensor(img1, config, device)
-    new, score = refine_points(feats, t0, t1, p0, p1)
-    new_np, score_np = new.cpu().numpy(), score.cpu().numpy()
+    r = refine_points(feats, t0, t1, p0, p1)
+    if counts is not None:
+        for k, v in r.counts().items():
+            counts[k] = counts.get(k, 0) + v
+    new_np, score_np = r.points.cpu().numpy(), r.score.cpu().numpy()
     keep = _unique_best(matches[:, 1], score_np)
     out1[matches[keep, 1]] = new_np[keep]
     return kp0.copy(), out1
+
+
+def refine_verified(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray,
+                    matches: np.ndarray, config: RefineConfig | None = None,
+                    feats: PatchFeatures | None = None, counts: dict[str, int] | None = None,
+                    max_error: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`refine_pair` in the order two-view uses want: verify, refine, re-verify.
+
+    Only the matches (M, 2) that a LO-RANSAC fundamental matrix keeps at ``max_error`` px
+    (default: the two-view geometry's, :data:`~d2cli.colmap.verification.EPIPOLAR_MAX_ERROR`)
+    are refined: a wrong match is not moved onto a plausible feature. A move that takes its
+    match off that geometry (Sampson error over ``max_error``) is undone, and counted so in
+    ``counts``. Returns (kp0 copy, refined kp1), float32.
+    """
+    from ..colmap.verification import EPIPOLAR_MAX_ERROR, epipolar_geometry, sampson_error
+
+    max_error = EPIPOLAR_MAX_ERROR if max_error is None else max_error
+    matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+    F, inliers = epipolar_geometry(kp0, kp1, matches, max_error)
+    verified = matches[inliers]
+    own: dict[str, int] = {}
+    k0, k1 = refine_pair(img0, img1, kp0, kp1, verified, config, feats, own)
+    if F is not None and len(verified):
+        idx = np.unique(verified[:, 1])  # kp1 moves per keypoint: check its best match
+        off = np.zeros(len(kp1), bool)
+        err = sampson_error(F, k0[verified[:, 0]], k1[verified[:, 1]])
+        off[verified[err > max_error, 1]] = True
+        back = idx[off[idx] & (k1[idx] != np.asarray(kp1, np.float32)[idx]).any(axis=1)]
+        k1[back] = np.asarray(kp1, np.float32)[back]
+        own["moved"] = own.get("moved", 0) - len(back)
+        own["undone"] = own.get("undone", 0) + len(back)
+    if counts is not None:
+        for k, v in own.items():
+            counts[k] = counts.get(k, 0) + v
+    return k0, k1

@@ -7,9 +7,12 @@ Shapes: N points, D descriptor size, n x n grid cells per level.
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
-from .features import PatchFeatures
+import torch
+import torch.nn.functional as F
+
+from .features import PatchFeatures, Samples, similarity
 
 
 def _grid(step: float, radius: float, device: torch.device) -> tuple[torch.Tensor, int]:
@@ -39,38 +42,84 @@ def _parabola(sim: torch.Tensor, best: torch.Tensor, n: int) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
+def _beside_cut(whole: torch.Tensor, top: torch.Tensor, n: int) -> torch.Tensor:
+    """(B,) whether the best cell ``top`` (B,) of an n x n grid has a neighbour (8-connected)
+    whose template is cut by the image border (``whole`` (B, n*n) False)."""
+    w = F.pad((~whole).float().reshape(-1, 1, n, n), (1, 1, 1, 1))
+    near = F.max_pool2d(w, 3, stride=1).reshape(-1, n * n)
+    return near[torch.arange(len(top)), top] > 0
+
+
+def _whole(at: torch.Tensor, reach: float, size: tuple[int, int]) -> torch.Tensor:
+    """(B, G) whether the template of each candidate at ``at`` (B, G, 2) x y, reaching
+    ``reach`` px from it, lies wholly inside the image."""
+    lim = at.new_tensor([size[0] - 1, size[1] - 1])
+    return ((at - reach >= 0) & (at + reach <= lim)).all(dim=-1)
+
+
+@dataclass
+class Found:
+    """Where each of N points fits best: points (N, 2), their similarity (N,), the
+    similarity where the point started (N,) and whether the move was undone (N,) for
+    leaving the window (longer than max_shift) or at the image border."""
+
+    points: torch.Tensor
+    score: torch.Tensor
+    start_score: torch.Tensor
+    undone: torch.Tensor
+
+
 @torch.no_grad()
 def search(feats: PatchFeatures, image: torch.Tensor, points: torch.Tensor,
-           refs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move points (N, 2) of one image to where its descriptors best match refs (N, D).
+           refs: Samples) -> Found:
+    """Move points (N, 2) of one image to where its samples best match refs (N, 1, C, T).
 
     Level 0 searches +-radius on a grid of steps[0]; level k searches +-steps[k-1] around
     the previous best on a grid of steps[k]; the last level's maximum gets a parabola fit.
-    Moves longer than max_shift are undone. Returns (points (N, 2), similarity (N,)).
+    Only candidates whose template lies wholly inside the image are compared; a point
+    whose reference reaches off its image, or whose best fit lies beside a candidate cut
+    by the border (the true fit may be beyond), is left where it was, as are moves longer
+    than max_shift.
     """
     cfg = feats.config
     if len(points) == 0:
-        return points.clone(), torch.zeros(0, device=points.device)
+        empty = torch.zeros(0, device=points.device)
+        return Found(points.clone(), empty, empty, empty.bool())
     levels = [_grid(cfg.steps[0], cfg.radius, feats.device)]
     levels += [_grid(s, prev, feats.device) for prev, s in zip(cfg.steps, cfg.steps[1:], strict=False)]
-    new, score = [], []
+    centre = len(levels[0][0]) // 2  # level 0's offset (0, 0): where the point started
+    W, H = image.shape[-1], image.shape[-2]
+    reach = (cfg.template // 2) * cfg.template_step
+    new, score, start, undone = [], [], [], []
     for b0 in range(0, len(points), cfg.block_size):
         p = points[b0 : b0 + cfg.block_size]
         r = refs[b0 : b0 + cfg.block_size]
         c = torch.round(p)  # integer crop centre: the crop is an exact copy of the pixels
         cf = feats.crops(image, c)
         best = p - c
-        for offsets, _ in levels:
+        border = ~r.inside.flatten(1).all(dim=1)  # the reference reaches off its image
+        for k, (offsets, n) in enumerate(levels):
             u = best[:, None, :] + offsets[None]  # (B, n*n, 2)
-            sim = torch.einsum("bgd,bd->bg", cf.sample(u), r)
+            sim = similarity(r, cf.sample(u), feats.zero_mean)
+            # outside, a crop reads zeros: an edge not in the scene; whole templates only
+            whole = _whole(c[:, None, :] + u, reach, (W, H))
+            sim = sim.masked_fill(~whole, -1.0)
             top = sim.argmax(dim=1)
+            if k == 0:
+                start.append(sim[:, centre])
+                # a best fit beside a cut-off candidate: the true one may lie beyond
+                border |= ~whole.all(dim=1) & _beside_cut(whole, top, n)
             best = u[torch.arange(len(top)), top]
         best = best + _parabola(sim, top, levels[-1][1]) * cfg.steps[-1]
         q = c + best
-        far = (q - p).norm(dim=1) > cfg.max_shift
-        new.append(torch.where(far[:, None], p, q))
+        bad = border | ((q - p).norm(dim=1) > cfg.max_shift)
+        new.append(torch.where(bad[:, None], p, q))
         score.append(sim.max(dim=1).values)
-    return torch.cat(new), torch.cat(score)
+        undone.append(bad)
+    return Found(torch.cat(new), torch.cat(score), torch.cat(start), torch.cat(undone))
+
+
+MIN_SPREAD = 4.0  # px: neighbours closer than this fit their keypoints' noise, not a warp
 
 
 def local_affine(x0: torch.Tensor, x1: torch.Tensor, k: int, block: int = 1024,
@@ -80,8 +129,10 @@ def local_affine(x0: torch.Tensor, x1: torch.Tensor, k: int, block: int = 1024,
     (Q, 2) image-0 points, the fits around those instead (Q, 2, 2).
 
     Two rounds: the second drops neighbours whose residual exceeds 3x the median (wrong
-    matches). Too few matches, degenerate or extreme fits (singular values outside
-    1/8..8) give the identity: refinement then searches without the warp.
+    matches). Too few matches, neighbours on a line (their spread across it under a tenth
+    of that along it) or within MIN_SPREAD px of each other, and degenerate or extreme
+    fits (singular values outside 1/8..8) give the identity: refinement then searches
+    without the warp.
     """
     queries = x0 if at is None else at
     M = len(x0)
@@ -104,8 +155,12 @@ def local_affine(x0: torch.Tensor, x1: torch.Tensor, k: int, block: int = 1024,
             A = cov_ba @ torch.linalg.inv(cov_aa)
             res = (db - torch.einsum("bij,bkj->bki", A, da)).norm(dim=-1)
             w = (res <= 3 * res.median(dim=1, keepdim=True).values.clamp(min=0.5)).float()
-        out.append(A)
-    A = torch.cat(out)
+        # (B, 2) rms spread of the neighbours across / along their main axis
+        spread = (torch.linalg.eigvalsh(cov_aa) / w.sum(1, keepdim=True).clamp(min=1)).sqrt()
+        out.append((A, (spread[:, 0] < 0.1 * spread[:, 1]) | (spread[:, 0] < MIN_SPREAD)))
+    A = torch.cat([a for a, _ in out])
+    bad = torch.cat([b for _, b in out]) | ~torch.isfinite(A).flatten(1).all(1)
+    A = torch.where(bad[:, None, None], eye, A)
     sv = torch.linalg.svdvals(A)
-    bad = (sv[:, 1] < 1 / 8) | (sv[:, 0] > 8) | (torch.linalg.det(A) <= 0) | ~torch.isfinite(sv).all(1)
+    bad = bad | (sv[:, 1] < 1 / 8) | (sv[:, 0] > 8) | (torch.linalg.det(A) <= 0)
     return torch.where(bad[:, None, None], eye, A)

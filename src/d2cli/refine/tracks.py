@@ -185,6 +185,7 @@ class PairMoves:
 
     pair: tuple[str, str]
     moves: list[tuple[str, np.ndarray, np.ndarray]]
+    undone: int = 0  # moves a guard undid (those keypoints keep their position)
 
 
 def track_moves(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.ndarray],
@@ -217,7 +218,7 @@ def track_moves(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.nd
         same = (ta >= 0) & (ta == tb)
         xa = torch.from_numpy(kps[a][m[:, 0]]).to(device)
         xb = torch.from_numpy(kps[b][m[:, 1]]).to(device)
-        moves = []
+        moves, undone = [], 0
         for src, dst, s_idx, d_idx, fwd in ((a, b, m[:, 0], m[:, 1], True),
                                             (b, a, m[:, 1], m[:, 0], False)):
             sel = np.flatnonzero(same & anchor[src][s_idx] & ~anchor[dst][d_idx])
@@ -225,9 +226,10 @@ def track_moves(images: Mapping[str, ImageSource], keypoints: Mapping[str, np.nd
                 continue
             ctx = (xa, xb) if fwd else (xb, xa)
             idx = torch.from_numpy(sel).to(device)
-            new, _ = refine_points(feats, tensor[src], tensor[dst], ctx[0][idx], ctx[1][idx], ctx)
-            moves.append((dst, d_idx[sel], new.cpu().numpy().astype(np.float32)))
-        yield PairMoves((a, b), moves)
+            r = refine_points(feats, tensor[src], tensor[dst], ctx[0][idx], ctx[1][idx], ctx)
+            moves.append((dst, d_idx[sel], r.points.cpu().numpy().astype(np.float32)))
+            undone += r.counts()["undone"]
+        yield PairMoves((a, b), moves, undone)
 
 
 def apply_moves(keypoints: Mapping[str, np.ndarray], moves: Iterable[PairMoves]
