@@ -14,6 +14,9 @@ demo images), never from an evaluation benchmark. Each pair is a 512 crop of a p
 - ``gamma``: a strong tone curve and contrast change with noise.
 - ``viewpoint``: only the mild change (the wide baseline alone).
 
+A second set (``kinds=DEGRADED``, its own seed) has camera degradations instead: ``blur``
+(a Gaussian of 1.5-4 px) and ``jpeg`` (quality 5-20).
+
 The homographies go beyond d2 train's range (rotation +-40 deg, zoom 0.45-2.2, strong tilt).
 """
 
@@ -36,6 +39,7 @@ from d2cli.train.augment import (
 SACRE = Path(__file__).resolve().parents[1] / "src/d2cli/data/sacre_coeur"
 KINDS = ("night", "shadows", "season", "gamma", "viewpoint")
 PHOTOMETRIC = KINDS[:4]
+DEGRADED = ("blur", "jpeg")  # a second set (--kinds blur jpeg): camera degradations
 WIDE = HomographyRange(max_angle=40.0, scale=(0.45, 2.2), max_aspect=0.25, max_shear=0.25,
                        max_perspective=1.1, max_shift=0.12)
 
@@ -111,8 +115,26 @@ def gamma(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     return np.clip(y + rng.normal(0, rng.uniform(0.01, 0.04), y.shape).astype(np.float32), 0, 1)
 
 
+def blur(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """Defocus or motion: a Gaussian of 1.5-4 px."""
+    return _blur(x.astype(np.float32), rng.uniform(1.5, 4.0))
+
+
+def jpeg(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """A strongly compressed JPEG (quality 5-20): 8x8 blocks, ringing, colour bleeding."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(x * 255, 0, 255).astype(np.uint8)).save(
+        buf, "JPEG", quality=int(rng.integers(5, 21)))
+    return np.asarray(Image.open(buf), dtype=np.float32) / 255
+
+
 CHANGES = {"night": night, "shadows": shadows, "season": season, "gamma": gamma,
-           "viewpoint": lambda rng, x: x}
+           "viewpoint": lambda rng, x: x, "blur": blur,
+           "jpeg": lambda rng, x: x}  # compressed last, after the mild change
 
 
 def _to8(x: np.ndarray) -> np.ndarray:
@@ -138,6 +160,8 @@ def hard_pairs(n: int, seed: int = 7, crop: int = 512, max_edge: int = 800,
         view1 = warp_image(img, np.linalg.inv(H @ shift), (crop, crop))
         kind = kinds[k % len(kinds)]
         img0 = photometric(rng, img[top:top + crop, left:left + crop], 0.3)
-        img1 = CHANGES[kind](rng, view1 / 255.0) * 255.0
-        out.append(HardPair(_to8(img0), _to8(photometric(rng, img1, 0.3)), H, kind))
+        img1 = photometric(rng, CHANGES[kind](rng, view1 / 255.0) * 255.0, 0.3)
+        if kind == "jpeg":  # the compression comes last, as in a camera
+            img1 = jpeg(rng, img1 / 255.0) * 255.0
+        out.append(HardPair(_to8(img0), _to8(img1), H, kind))
     return out

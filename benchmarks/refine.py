@@ -250,12 +250,12 @@ def _homography(kp0: np.ndarray, kp1: np.ndarray, m: np.ndarray, max_error: floa
     return r["H"], np.asarray(r["inlier_mask"], bool).reshape(-1)
 
 
-def _hard_data(n: int, cache: Path):
+def _hard_data(n: int, cache: Path, kinds: tuple[str, ...] | None = None):
     """The hard pairs with d2cli-v1 features and MNN matches (cached: extraction dominates)."""
     from hard_pairs import hard_pairs
 
-    pairs = hard_pairs(n)
-    f = cache / f"hard-{n}.npz"
+    pairs = hard_pairs(n) if kinds is None else hard_pairs(n, seed=11, kinds=kinds)
+    f = cache / (f"hard-{n}.npz" if kinds is None else f"hard-{n}-{'-'.join(kinds)}.npz")
     if f.exists():
         z = np.load(f, allow_pickle=False)
         feats = [(z[f"k0_{i}"], z[f"k1_{i}"], z[f"m_{i}"]) for i in range(n)]
@@ -280,7 +280,7 @@ def validate_hard(args: argparse.Namespace) -> None:
     LO-RANSAC homography from them puts the corners within 5 / 10 px of the truth."""
     from hard_pairs import PHOTOMETRIC
 
-    data = _hard_data(args.pairs, Path(args.cache))
+    data = _hard_data(args.pairs, Path(args.cache), tuple(args.kinds) if args.kinds else None)
     print(f"{len(data)} pairs ({', '.join(sorted({d[0].kind for d in data}))}), "
           f"{np.mean([len(d[3]) for d in data]):.0f} MNN matches/pair\n")
     print("| method | set | MMA@1 | @3 | @5 | @10 | H within 5 px | 10 px | s/pair |\n"
@@ -304,9 +304,13 @@ def validate_hard(args: argparse.Namespace) -> None:
             kinds.append(p.kind)
         sec = (time.perf_counter() - t) / len(data)
         corner_a, kinds_a = np.array(corner), np.array(kinds)
-        for subset, keep in (("all", np.ones(len(data), bool)),
-                             ("photometric", np.isin(kinds_a, PHOTOMETRIC)),
-                             ("viewpoint", kinds_a == "viewpoint")):
+        subsets = [("all", np.ones(len(data), bool))]
+        if args.kinds:
+            subsets += [(k, kinds_a == k) for k in args.kinds]
+        else:
+            subsets += [("photometric", np.isin(kinds_a, PHOTOMETRIC)),
+                        ("viewpoint", kinds_a == "viewpoint")]
+        for subset, keep in subsets:
             if not keep.any():
                 continue
             solved = [100 * np.mean(corner_a[keep] <= t) for t in (5, 10)]
@@ -397,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--pairs", type=int, default=40)
     h.add_argument("--configs", nargs="*", choices=list(CANDIDATES))
     h.add_argument("--cache", default="/tmp/refine-hard")
+    h.add_argument("--kinds", nargs="*", help="e.g. blur jpeg: the degradation set instead")
     e = sub.add_parser("evaluate")
     e.add_argument("--config", default=CHOSEN, choices=list(CANDIDATES))
     e.add_argument("--data", default="/work/shared/data")

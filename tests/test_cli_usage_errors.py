@@ -18,6 +18,7 @@ from d2cli.errors import EXIT_USAGE
     (["show", "model", ".", "--width", "100"], "--width: must be >= 400"),
     (["eval", "hpatches", ".", "--both-scales", "--multiscale"], "chooses the scales itself"),
     (["eval", "pose", ".", "--both-scales", "--scales", "1"], "chooses the scales itself"),
+    (["match", "-p", "pairs.txt", "--matcher", "nope"], "unknown matcher 'nope' (one of mnn"),
 ])
 def test_bad_option_in_a_command_body_is_a_usage_error(args, says, tmp_path):
     r = CliRunner().invoke(main, args)

@@ -13,6 +13,7 @@ import pytest
 from d2cli import settings as S
 from d2cli.cli import main
 from d2cli.errors import UsageError
+from d2cli.pairs import PairStrategy
 
 # CLI option name -> (settings class, field) where the names differ
 RENAMED = {"threads": (S.MapSettings, "num_threads"), "refine_focal": (S.LocalizeSettings,
@@ -21,10 +22,14 @@ RENAMED = {"threads": (S.MapSettings, "num_threads"), "refine_focal": (S.Localiz
 # the commands whose options are step settings, and which settings classes they fill
 COMMANDS = {
     ("extract",): (S.ExtractSettings,),
+    ("match",): (S.MatchSettings,),
+    ("pairs", "sequential"): (PairStrategy,),
+    ("pairs", "from-retrieval"): (PairStrategy,),
+    ("pairs", "from-model"): (PairStrategy,),
     ("colmap-import",): (S.ImportSettings,),
     ("reconstruct",): (S.MapSettings,),
     ("localize",): (S.LocalizeSettings,),
-    ("sfm",): (S.ExtractSettings, S.ImportSettings, S.MapSettings),
+    ("sfm",): (S.ExtractSettings, PairStrategy, S.ImportSettings, S.MapSettings),
     ("eval", "hpatches"): (S.ExtractSettings, S.SiftSettings),
     ("eval", "pose"): (S.ExtractSettings, S.SiftSettings),
 }

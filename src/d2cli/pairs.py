@@ -23,6 +23,7 @@ from .io import h5safe
 from .io.colmap_model import read_model
 from .io.features import FeatureFile
 from .io.pairs import iter_unique_pairs, normalize_pairs, read_name_list, write_pairs_counted
+from .settings import NUM_MATCHED, SEQUENTIAL_OVERLAP
 
 Pair = tuple[str, str]
 
@@ -342,9 +343,9 @@ class PairStrategy:
     """
 
     method: str = "auto"
-    overlap: int = 5
+    overlap: int = SEQUENTIAL_OVERLAP
     descriptors: str | None = None
-    num_matched: int = 20
+    num_matched: int = NUM_MATCHED
     file: str | None = None
     whiten: bool = False
 

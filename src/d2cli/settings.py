@@ -106,6 +106,11 @@ class SiftSettings:
                 "max_num_features": self.max_num_features}
 
 
+# --------------------------------------------------------------------------- pairs
+# the defaults of d2cli.pairs.PairStrategy and of d2 pairs (here: that module loads h5py)
+SEQUENTIAL_OVERLAP = 5  # sequential: each image with the next 5 in name order
+NUM_MATCHED = 20  # retrieval / covisibility / poses: pairs per image (hloc's usual 20)
+
 # --------------------------------------------------------------------------- matching
 @dataclass(frozen=True)
 class MatchSettings:

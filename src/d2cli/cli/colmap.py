@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ..settings import NUM_MATCHED, SEQUENTIAL_OVERLAP
 from . import main
 from .common import (
     camera_options,
@@ -185,11 +186,13 @@ def reconstruct_cmd(database, out, image_dir, mapper, intrinsics, threads, seed,
               help="Which pairs to match: all, each image with the next --overlap, or the "
                    "--num-matched nearest by global descriptor; auto: exhaustive up to "
                    "100 images, retrieval above (the choice is printed).")
-@click.option("--overlap", default=5, show_default=True, help="sequential: images paired ahead.")
+@click.option("--overlap", default=SEQUENTIAL_OVERLAP, show_default=True,
+              help="sequential: images paired ahead.")
 @click.option("--descriptors", type=click.Path(),
               help="retrieval: global descriptors from another tool (hloc layout: "
                    "<name>/global_descriptor); default: d2's own, in the features file.")
-@click.option("--num-matched", default=20, show_default=True, help="retrieval: pairs per image.")
+@click.option("--num-matched", default=NUM_MATCHED, show_default=True,
+              help="retrieval: pairs per image.")
 @click.option("--whiten", is_flag=True,
               help="retrieval: whiten the global descriptors (PCA learned from the images).")
 @click.option("--pairs", "pairs_file", type=click.Path(),

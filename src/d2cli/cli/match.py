@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..settings import MatchSettings
 from . import main
 from .common import (
     all_done,
@@ -25,6 +26,9 @@ from .common import (
               help="Features file (of name0, and of name1 without --features-ref).")
 @click.option("--features-ref", type=click.Path(), help="Features file of name1.")
 @click.option("--out", "-o", default="matches.h5", show_default=True, help="Matches file (HDF5).")
+@click.option("--matcher", default=MatchSettings.matcher, show_default=True,
+              help="Descriptor matcher: a name in d2cli.matchers.MATCHERS (mnn: mutual nearest "
+                   "neighbours; a plugin module adds its own).")
 @click.option("--ratio", type=float, help="Lowe ratio test on descriptor distances, e.g. 0.95.")
 @click.option("--max-distance", type=float,
               help="Largest descriptor distance of a match (unit vectors: 0 to 2).")
@@ -46,16 +50,17 @@ from .common import (
 @quiet_option
 @json_option
 @command
-def match_cmd(pairs_file, features, features_ref, out, ratio, max_distance, device, precision,
+def match_cmd(pairs_file, features, features_ref, out, matcher, ratio, max_distance, device,
+              precision,
               cache_mb, commit_every, shard, overwrite, force, quiet, as_json) -> int:
     """Mutual nearest neighbours of the descriptors of every pair, into an hloc matches file.
 
     Re-running skips pairs already in the file; a killed run resumes.
     """
-    from ..match import MatchSettings, match
+    from ..match import match
     from ..shard import sharded
 
-    settings = MatchSettings(ratio=ratio, max_distance=max_distance)
+    settings = MatchSettings(matcher=matcher, ratio=ratio, max_distance=max_distance)
     with sharded(out, shard, device) as run, progress(quiet or as_json or run.rank > 0) as show:
         result = match(
             pairs_file, features, out, features_ref=features_ref, settings=settings,

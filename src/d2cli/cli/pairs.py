@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..settings import NUM_MATCHED, SEQUENTIAL_OVERLAP
 from . import main
 from .common import command, done_line, json_option, options, query_ref_options
 
@@ -48,7 +49,7 @@ def _model_pairs(name: str, help_k: str) -> Callable[[Callable[..., Any]], Any]:
     return options(
         pairs_group.command(name),
         click.argument("model_dir", type=click.Path()),
-        click.option("--num-matched", "-k", default=20, show_default=True, help=help_k),
+        click.option("--num-matched", "-k", default=NUM_MATCHED, show_default=True, help=help_k),
     )
 
 
@@ -74,7 +75,7 @@ def pairs_exhaustive_cmd(features, image_list, query_prefix, query_list, ref_pre
 
 @pairs_group.command("sequential")
 @image_names_source
-@click.option("--overlap", "-k", default=5, show_default=True,
+@click.option("--overlap", "-k", default=SEQUENTIAL_OVERLAP, show_default=True,
               help="Pair each image with the next K in name order.")
 @pairs_out
 @command
@@ -117,7 +118,7 @@ def pairs_from_poses_cmd(model_dir, num_matched, max_angle, any_angle, out, as_j
 @click.option("--descriptors", "-d", type=click.Path(),
               help="Or: global descriptors of another tool (hloc layout: "
                    "<name>/global_descriptor), e.g. NetVLAD.")
-@click.option("--num-matched", "-k", default=20, show_default=True,
+@click.option("--num-matched", "-k", default=NUM_MATCHED, show_default=True,
               help="Pair each query with its K most similar references.")
 @query_ref_options
 @click.option("--min-score", default=0.0, show_default=True,
