@@ -141,6 +141,20 @@ def _to8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
+def random_crop(rng: np.random.Generator, path: Path, crop: int, max_edge: int):
+    """A sample photo downscaled to ``max_edge`` (float32) and a random crop origin as the
+    3x3 shift (photo pixels -> crop pixels); returns (photo, shift, the crop)."""
+    img = load_rgb(path).astype(np.float32)
+    f = max_edge / max(img.shape[:2])
+    if f < 1:
+        img = warp_image(img, np.diag([1 / f, 1 / f, 1.0]),
+                         (int(img.shape[0] * f), int(img.shape[1] * f)))
+    h, w = img.shape[:2]
+    top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    shift = np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1.0]])
+    return img, shift, img[top:top + crop, left:left + crop]
+
+
 def hard_pairs(n: int, seed: int = 7, crop: int = 512, max_edge: int = 800,
                kinds: tuple[str, ...] = KINDS) -> list[HardPair]:
     """n pairs, kinds in turn (``n`` a multiple of len(kinds) gives each as many)."""
@@ -148,18 +162,11 @@ def hard_pairs(n: int, seed: int = 7, crop: int = 512, max_edge: int = 800,
     photos = find_images(SACRE)
     out = []
     for k in range(n):
-        img = load_rgb(photos[(3 * k + 1) % len(photos)]).astype(np.float32)
-        f = max_edge / max(img.shape[:2])
-        if f < 1:
-            img = warp_image(img, np.diag([1 / f, 1 / f, 1.0]),
-                             (int(img.shape[0] * f), int(img.shape[1] * f)))
-        h, w = img.shape[:2]
-        top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-        shift = np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1.0]])
+        img, shift, view0 = random_crop(rng, photos[(3 * k + 1) % len(photos)], crop, max_edge)
         H = random_homography(rng, crop, WIDE)
         view1 = warp_image(img, np.linalg.inv(H @ shift), (crop, crop))
         kind = kinds[k % len(kinds)]
-        img0 = photometric(rng, img[top:top + crop, left:left + crop], 0.3)
+        img0 = photometric(rng, view0, 0.3)
         img1 = photometric(rng, CHANGES[kind](rng, view1 / 255.0) * 255.0, 0.3)
         if kind == "jpeg":  # the compression comes last, as in a camera
             img1 = jpeg(rng, img1 / 255.0) * 255.0

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hard_pairs import random_crop  # benchmarks/ is on sys.path
 
 from d2cli.colmap.verification import epipolar_inliers
 from d2cli.device import pick_device
@@ -111,27 +112,13 @@ def _to8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def _random_crop(rng: np.random.Generator, path: Path, crop: int, max_edge: int):
-    """A sample photo downscaled to ``max_edge`` (float32) and a random crop origin as the
-    3x3 shift (photo pixels -> crop pixels); returns (photo, shift, the crop)."""
-    img = load_rgb(path).astype(np.float32)
-    f = max_edge / max(img.shape[:2])
-    if f < 1:
-        img = warp_image(img, np.diag([1 / f, 1 / f, 1.0]),
-                         (int(img.shape[0] * f), int(img.shape[1] * f)))
-    h, w = img.shape[:2]
-    top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-    shift = np.array([[1, 0, -left], [0, 1, -top], [0, 0, 1.0]])
-    return img, shift, img[top:top + crop, left:left + crop]
-
-
 def synthetic_pairs(n: int, seed: int = 0, crop: int = 512, max_edge: int = 800):
     """n (img0, img1, H) with H: img0 pixels -> img1 pixels, as d2 train's homography source."""
     rng = np.random.default_rng(seed)
     photos = find_images(SACRE)
     out = []
     for k in range(n):
-        img, shift, img0 = _random_crop(rng, photos[k % len(photos)], crop, max_edge)
+        img, shift, img0 = random_crop(rng, photos[k % len(photos)], crop, max_edge)
         H = random_homography(rng, crop, HomographyRange())
         img1 = warp_image(img, np.linalg.inv(H @ shift), (crop, crop))
         out.append((_to8(photometric(rng, img0)), _to8(photometric(rng, img1)), H))
@@ -174,7 +161,7 @@ def synthetic_views(n: int, views: int = 4, seed: int = 1, crop: int = 512, max_
     photos = find_images(SACRE)
     out = []
     for k in range(n):
-        img, shift, view0 = _random_crop(rng, photos[(k + 3) % len(photos)], crop, max_edge)
+        img, shift, view0 = random_crop(rng, photos[(k + 3) % len(photos)], crop, max_edge)
         ims, Hs = [_to8(photometric(rng, view0))], [np.eye(3)]
         for _ in range(views - 1):
             H = random_homography(rng, crop, HomographyRange())

@@ -98,15 +98,16 @@ def test_blocked_equals_unblocked(photo: np.ndarray) -> None:
 # reach outside, where crops read zeros, an edge that is not in the scene.
 CORNERS = np.array([[0, 0], [255, 0], [0, 255], [255, 255], [2.5, 253.2], [254.6, 0.3],
                     [0.4, 1.1], [253.9, 254.6]], np.float32)
-# 7 px from an edge: the template fits at the truth, the search window is cut by the border
-NEAR = np.array([[7, 128], [128, 7], [248, 128], [128, 248], [7.4, 60.2], [60.3, 247.6]],
+# 9 px from an edge: the template fits at the truth and at the start (up to 3 px away), the
+# search window is cut by the border
+NEAR = np.array([[9, 128], [128, 9], [246, 128], [128, 246], [9.4, 60.2], [60.3, 245.6]],
                 np.float32)
 
 
 def test_border_keypoints(photo: np.ndarray) -> None:
-    """Corner keypoints (the photo against itself) stay where they are: too little of their
-    template is in the image to place it. Keypoints 7 px inside return to the truth from up
-    to 3 px away, to 0.1 px, though part of their search window is cut off."""
+    """Corner keypoints (the photo against itself) stay where they are: their template is
+    cut by the border. Keypoints 9 px inside return to the truth from up to 3 px away, to
+    0.15 px (the parabola on a 0.25 px grid), though part of their search window is cut off."""
     for seed in range(4):
         rng = np.random.default_rng(seed)
         inward = np.where(CORNERS < 128, 1, -1).astype(np.float32)
@@ -118,16 +119,14 @@ def test_border_keypoints(photo: np.ndarray) -> None:
         m = np.stack([np.arange(len(NEAR))] * 2, 1)
         _, k1 = refine_pair(photo, photo, NEAR, start, m, IMAGE)
         after = np.linalg.norm(k1 - NEAR, axis=1)
-        assert (after < 0.1).all(), (seed, after.round(3))
+        assert (after < 0.15).all(), (seed, after.round(3))
 
 
-@pytest.mark.xfail(strict=True, reason="defect: only whole templates are compared now (no "
-                   "black edge), but where the border cuts the search window a wrong peak can "
-                   "still win: 4 of 63 keypoints at the border of one view move 7-11 px away "
-                   "(2 with back_check=1)")
 def test_edge_keypoints_are_refined_or_left_unmoved(photo: np.ndarray) -> None:
     """Keypoints whose template leaves the image, away from the corners: each refined one is
-    closer to the truth than its start and within 0.25 px of it, or left where it was."""
+    closer to the truth than its start and within 0.25 px of it, or left where it was (a
+    keypoint whose own template is cut: the true fit may be cut too, and a wrong peak in
+    the rest of the window would win). Once 4 of 63 moved 7-11 px away here."""
     def check(img0, img1, kp0, truth, seed):
         rng = np.random.default_rng(seed)
         start = np.clip(truth + rng.uniform(-3, 3, truth.shape).astype(np.float32), 0, 255)

@@ -77,9 +77,9 @@ def search(feats: PatchFeatures, image: torch.Tensor, points: torch.Tensor,
     Level 0 searches +-radius on a grid of steps[0]; level k searches +-steps[k-1] around
     the previous best on a grid of steps[k]; the last level's maximum gets a parabola fit.
     Only candidates whose template lies wholly inside the image are compared; a point
-    whose reference reaches off its image, or whose best fit lies beside a candidate cut
-    by the border (the true fit may be beyond), is left where it was, as are moves longer
-    than max_shift.
+    whose reference reaches off its image, whose own template is cut by the border, or
+    whose best fit lies beside a cut candidate (the true fit may be beyond) is left where
+    it was, as are moves longer than max_shift.
     """
     cfg = feats.config
     if len(points) == 0:
@@ -107,6 +107,8 @@ def search(feats: PatchFeatures, image: torch.Tensor, points: torch.Tensor,
             top = sim.argmax(dim=1)
             if k == 0:
                 start.append(sim[:, centre])
+                # the point's own template is cut: the true fit may well be too
+                border |= ~whole[:, centre]
                 # a best fit beside a cut-off candidate: the true one may lie beyond
                 border |= ~whole.all(dim=1) & _beside_cut(whole, top, n)
             best = u[torch.arange(len(top)), top]
