@@ -67,11 +67,11 @@ class Samples:
         return len(self.values)
 
 
-def similarity(ref: Samples, cand: Samples, zero_mean: bool) -> torch.Tensor:
+def similarity(ref: Samples, cand: torch.Tensor, zero_mean: bool) -> torch.Tensor:
     """Normalised cross-correlation (zero_mean: the intensities) or cosine (network
-    features) of each point's reference (B, 1, C, T) with its candidates (B, G, C, T)
-    -> (B, G)."""
-    r, v = ref.values, cand.values
+    features) of each point's reference (B, 1, C, T) with its candidates' values
+    (B, G, C, T) -> (B, G)."""
+    r, v = ref.values, cand
     if zero_mean:  # invariant to gain and offset of the intensities
         r = r - r.mean(dim=(2, 3), keepdim=True)
         v = v - v.mean(dim=(2, 3), keepdim=True)
@@ -93,8 +93,8 @@ class CropFeatures:
         self.centres, self.ainv = centres, ainv  # crop pixel u shows the image at c + ainv u
         self.image_size = image_size  # (W, H)
 
-    def sample(self, u: torch.Tensor) -> Samples:
-        """Values at crop offsets u (B, G, 2) (x, y) and the template around each."""
+    def sample(self, u: torch.Tensor) -> torch.Tensor:
+        """Values (B, G, C, T) at crop offsets u (B, G, 2) (x, y), the template around each."""
         B, G, _ = u.shape
         pts = u[:, :, None, :] + self.template[None, None]  # (B, G, T, 2)
         cell = (pts + self.half - self.offset) / self.stride  # map cell coordinates
@@ -103,12 +103,15 @@ class CropFeatures:
                             2 * cell[..., 1] / max(s_h - 1, 1) - 1], dim=-1)
         v = F.grid_sample(self.maps, grid.reshape(B, G, -1, 2), mode="bilinear",
                           padding_mode="border", align_corners=True)  # (B, C, G, T)
+        return v.permute(0, 2, 1, 3)
+
+    def inside(self, u: torch.Tensor) -> torch.Tensor:
+        """(B, G, T) whether each template sample at crop offsets u (B, G, 2) lies in the image."""
+        pts = u[:, :, None, :] + self.template[None, None]  # (B, G, T, 2)
         at = pts if self.ainv is None else torch.einsum("bij,bgtj->bgti", self.ainv, pts)
         at = at + self.centres[:, None, None, :]  # image x y of every sample
         W, H = self.image_size
-        inside = ((at[..., 0] >= 0) & (at[..., 0] <= W - 1) & (at[..., 1] >= 0)
-                  & (at[..., 1] <= H - 1))
-        return Samples(v.permute(0, 2, 1, 3), inside)
+        return (at[..., 0] >= 0) & (at[..., 0] <= W - 1) & (at[..., 1] >= 0) & (at[..., 1] <= H - 1)
 
 
 class PatchFeatures:
@@ -176,9 +179,8 @@ class PatchFeatures:
                 c = p  # resampled anyway: centre the crop on the point itself
                 cf = self.crops(image, c, torch.linalg.inv(a))
                 u = torch.zeros_like(p)
-            s = cf.sample(u[:, None, :])
-            values.append(s.values)
-            inside.append(s.inside)
+            values.append(cf.sample(u[:, None, :]))
+            inside.append(cf.inside(u[:, None, :]))
         if not values:
             ch = image.shape[1] if self.trunk is None else self.trunk[-1].out_channels
             T = self.template.shape[0]
