@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -251,7 +252,7 @@ def _refine_correspondences(q: str, p2d: np.ndarray, which: np.ndarray, src: _So
     """p2d (K, 2) with the correspondences ``which`` (K,) bool refined, each against the
     reference keypoint it came from; and the outcome counts."""
     kq = ff.keypoints(q)[:, :2]
-    out, counts = p2d.copy(), {"moved": 0, "undone": 0, "unmoved": 0}
+    out, counts = p2d.copy(), Counter(moved=0, undone=0, unmoved=0)
     start = np.cumsum([0] + [len(rows) for _, _, rows in src.used])
     for j, (r, m, rows) in enumerate(src.used):
         sel = (src.first >= start[j]) & (src.first < start[j + 1]) & which
@@ -262,8 +263,8 @@ def _refine_correspondences(q: str, p2d: np.ndarray, which: np.ndarray, src: _So
                                          rows[src.first[sel] - start[j]])
         except D2Error as e:  # an unreadable image costs this query only
             raise QueryFailed(f"refinement: {e}") from None
-        counts = {k: counts[k] + c[k] for k in counts}
-    return out, counts
+        counts.update(c)
+    return out, dict(counts)
 
 
 def _localize_one(q: Query, refs: Sequence[str], ff: FeatureFile, mf: MatchFile,

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ class MethodRun:
     seconds_extract: float = 0.0
     seconds_match: float = 0.0
     seconds_refine: float = 0.0
-    refined: dict[str, int] = field(default_factory=dict)  # outcome -> matches (moved, undone)
+    refined: Counter[str] = field(default_factory=Counter)  # outcome -> matches (moved, undone)
     interrupted: bool = False
 
     def info(self) -> dict[str, Any]:
@@ -119,7 +120,7 @@ class MethodRun:
             "seconds_match": round(self.seconds_match, 3),
             "seconds_refine": round(self.seconds_refine, 3),
             "refine": self.method.refine.as_dict() if self.method.refine else None,
-            "refined_matches": self.refined,
+            "refined_matches": dict(self.refined),
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +45,7 @@ def _unique_best(idx: np.ndarray, score: np.ndarray) -> np.ndarray:
 
 # what became of each refined point (Refined.outcome)
 UNMOVED, MOVED, UNDONE_FAR, UNDONE_WEAK, UNDONE_INCONSISTENT = range(5)
-OUTCOMES = ("unmoved", "moved", "undone: too far or off the image", "undone: weak fit",
+OUTCOMES = ("unmoved", "moved", "undone: too far, or at the image border", "undone: weak fit",
             "undone: the reverse search disagrees")
 
 
@@ -118,7 +119,7 @@ def refine_points(feats: PatchFeatures, t0: torch.Tensor, t1: torch.Tensor, p0: 
 
 def refine_pair(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray,
                 matches: np.ndarray, config: RefineConfig | None = None,
-                feats: PatchFeatures | None = None, counts: dict[str, int] | None = None,
+                feats: PatchFeatures | None = None, counts: Counter[str] | None = None,
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Move the matched keypoints of image 1 to where image 0's keypoint is.
 
@@ -147,8 +148,7 @@ def refine_pair(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.nda
     t0, t1 = image_tensor(img0, config, device), image_tensor(img1, config, device)
     r = refine_points(feats, t0, t1, p0, p1)
     if counts is not None:
-        for k, v in r.counts().items():
-            counts[k] = counts.get(k, 0) + v
+        counts.update(r.counts())
     new_np, score_np = r.points.cpu().numpy(), r.score.cpu().numpy()
     keep = _unique_best(matches[:, 1], score_np)
     out1[matches[keep, 1]] = new_np[keep]
@@ -157,7 +157,7 @@ def refine_pair(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.nda
 
 def refine_verified(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray,
                     matches: np.ndarray, config: RefineConfig | None = None,
-                    feats: PatchFeatures | None = None, counts: dict[str, int] | None = None,
+                    feats: PatchFeatures | None = None, counts: Counter[str] | None = None,
                     max_error: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`refine_pair` in the order two-view uses want: verify, refine, re-verify.
 
@@ -173,7 +173,7 @@ def refine_verified(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np
     matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
     F, inliers = epipolar_geometry(kp0, kp1, matches, max_error)
     verified = matches[inliers]
-    own: dict[str, int] = {}
+    own: Counter[str] = Counter()
     k0, k1 = refine_pair(img0, img1, kp0, kp1, verified, config, feats, own)
     if F is not None and len(verified):
         idx = np.unique(verified[:, 1])  # kp1 moves per keypoint: check its best match
@@ -182,9 +182,7 @@ def refine_verified(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np
         off[verified[err > max_error, 1]] = True
         back = idx[off[idx] & (k1[idx] != np.asarray(kp1, np.float32)[idx]).any(axis=1)]
         k1[back] = np.asarray(kp1, np.float32)[back]
-        own["moved"] = own.get("moved", 0) - len(back)
-        own["undone"] = own.get("undone", 0) + len(back)
+        own.update(moved=-len(back), undone=len(back))
     if counts is not None:
-        for k, v in own.items():
-            counts[k] = counts.get(k, 0) + v
+        counts.update(own)
     return k0, k1
