@@ -196,9 +196,11 @@ def _query_camera(q: Query, ff: FeatureFile, image_dir: Path | None
 
 @dataclass
 class _Sources:
-    """Where each kept correspondence came from: per reference used, (name, matches (M, 2),
-    rows of m kept), and ``first`` (K,): each correspondence's row in their concatenation."""
+    """Where each kept correspondence came from: the query's keypoints (N, 2), per reference
+    used (name, matches (M, 2), rows of m kept), and ``first`` (K,): each correspondence's
+    row in their concatenation."""
 
+    query_keypoints: np.ndarray
     used: list[tuple[str, np.ndarray, np.ndarray]]
     first: np.ndarray
 
@@ -243,7 +245,7 @@ def _correspondences(q: str, refs: Sequence[str], ff: FeatureFile, mf: MatchFile
     qi, key, xyz = np.concatenate(q_idx), np.concatenate(keys), np.concatenate(xyzs)
     _, first = np.unique(np.stack([qi, key], 1), axis=0, return_index=True)
     first.sort()
-    return kq[qi[first]], xyz[first], n_matches, n_refs, _Sources(used, first)
+    return kq[qi[first]], xyz[first], n_matches, n_refs, _Sources(kq, used, first)
 
 
 def _refine_correspondences(q: str, p2d: np.ndarray, which: np.ndarray, src: _Sources,
@@ -251,7 +253,7 @@ def _refine_correspondences(q: str, p2d: np.ndarray, which: np.ndarray, src: _So
                             ) -> tuple[np.ndarray, dict[str, int]]:
     """p2d (K, 2) with the correspondences ``which`` (K,) bool refined, each against the
     reference keypoint it came from; and the outcome counts."""
-    kq = ff.keypoints(q)[:, :2]
+    kq = src.query_keypoints
     out, counts = p2d.copy(), Counter(moved=0, undone=0, unmoved=0)
     start = np.cumsum([0] + [len(rows) for _, _, rows in src.used])
     for j, (r, m, rows) in enumerate(src.used):

@@ -63,9 +63,6 @@ class Samples:
     def __getitem__(self, rows: slice | torch.Tensor) -> Samples:
         return Samples(self.values[rows], self.inside[rows])
 
-    def __len__(self) -> int:
-        return len(self.values)
-
 
 def similarity(ref: Samples, cand: torch.Tensor, zero_mean: bool) -> torch.Tensor:
     """Normalised cross-correlation (zero_mean: the intensities) or cosine (network

@@ -176,12 +176,12 @@ def refine_verified(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np
     own: Counter[str] = Counter()
     k0, k1 = refine_pair(img0, img1, kp0, kp1, verified, config, feats, own)
     if F is not None and len(verified):
-        idx = np.unique(verified[:, 1])  # kp1 moves per keypoint: check its best match
-        off = np.zeros(len(kp1), bool)
+        start = np.asarray(kp1, np.float32).reshape(-1, 2)
+        off = np.zeros(len(kp1), bool)  # kp1 moves per keypoint: any match it left
         err = sampson_error(F, k0[verified[:, 0]], k1[verified[:, 1]])
         off[verified[err > max_error, 1]] = True
-        back = idx[off[idx] & (k1[idx] != np.asarray(kp1, np.float32)[idx]).any(axis=1)]
-        k1[back] = np.asarray(kp1, np.float32)[back]
+        back = np.flatnonzero(off & (k1 != start).any(axis=1))
+        k1[back] = start[back]
         own.update(moved=-len(back), undone=len(back))
     if counts is not None:
         counts.update(own)
