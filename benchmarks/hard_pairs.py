@@ -15,7 +15,8 @@ demo images), never from an evaluation benchmark. Each pair is a 512 crop of a p
 - ``viewpoint``: only the mild change (the wide baseline alone).
 
 A second set (``kinds=DEGRADED``, its own seed) has camera degradations instead: ``blur``
-(a Gaussian of 1.5-4 px) and ``jpeg`` (quality 5-20).
+(a Gaussian of 1.5-4 px) and ``jpeg`` (quality 5-20); a third (``warps=STILL``, its own
+seed) the same degradations with a camera that hardly moved.
 
 The homographies go beyond d2 train's range (rotation +-40 deg, zoom 0.45-2.2, strong tilt).
 """
@@ -42,6 +43,8 @@ PHOTOMETRIC = KINDS[:4]
 DEGRADED = ("blur", "jpeg")  # a second set (--kinds blur jpeg): camera degradations
 WIDE = HomographyRange(max_angle=40.0, scale=(0.45, 2.2), max_aspect=0.25, max_shear=0.25,
                        max_perspective=1.1, max_shift=0.12)
+# a camera that barely moved (a tripod, consecutive video frames): +-2.5 deg, zoom 0.96-1.04
+STILL = HomographyRange().scaled(0.1)
 
 
 @dataclass
@@ -156,14 +159,15 @@ def random_crop(rng: np.random.Generator, path: Path, crop: int, max_edge: int):
 
 
 def hard_pairs(n: int, seed: int = 7, crop: int = 512, max_edge: int = 800,
-               kinds: tuple[str, ...] = KINDS) -> list[HardPair]:
-    """n pairs, kinds in turn (``n`` a multiple of len(kinds) gives each as many)."""
+               kinds: tuple[str, ...] = KINDS, warps: HomographyRange = WIDE) -> list[HardPair]:
+    """n pairs, kinds in turn (``n`` a multiple of len(kinds) gives each as many); warps:
+    the range of the second view's homography (WIDE, or STILL: hardly any motion)."""
     rng = np.random.default_rng(seed)
     photos = find_images(SACRE)
     out = []
     for k in range(n):
         img, shift, view0 = random_crop(rng, photos[(3 * k + 1) % len(photos)], crop, max_edge)
-        H = random_homography(rng, crop, WIDE)
+        H = random_homography(rng, crop, warps)
         view1 = warp_image(img, np.linalg.inv(H @ shift), (crop, crop))
         kind = kinds[k % len(kinds)]
         img0 = photometric(rng, view0, 0.3)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hard_pairs import random_crop  # benchmarks/ is on sys.path
+from hard_pairs import DEGRADED, random_crop  # benchmarks/ is on sys.path
 
-from d2cli.colmap.verification import epipolar_inliers
+from d2cli.colmap.verification import epipolar_inliers, two_view_model
 from d2cli.device import pick_device
 from d2cli.eval.hpatches import find_sequences, match_errors
 from d2cli.eval.methods import PairReader, d2_method, run_methods, sift_method
@@ -231,18 +231,24 @@ def _homography(kp0: np.ndarray, kp1: np.ndarray, m: np.ndarray, max_error: floa
         return None, np.zeros(len(m), bool)
     r = pycolmap.estimate_homography_matrix(kp0[m[:, 0]].astype(np.float64),
                                             kp1[m[:, 1]].astype(np.float64),
-                                            pycolmap.RANSACOptions(max_error=max_error))
+                                            pycolmap.RANSACOptions(max_error=max_error, random_seed=0))
     if r is None:
         return None, np.zeros(len(m), bool)
     return r["H"], np.asarray(r["inlier_mask"], bool).reshape(-1)
 
 
-def _hard_data(n: int, cache: Path, kinds: tuple[str, ...] | None = None):
+def _hard_data(n: int, cache: Path, kinds: tuple[str, ...] | None = None, still: bool = False):
     """The hard pairs with d2cli-v1 features and MNN matches (cached: extraction dominates)."""
-    from hard_pairs import hard_pairs
+    from hard_pairs import STILL, hard_pairs
 
-    pairs = hard_pairs(n) if kinds is None else hard_pairs(n, seed=11, kinds=kinds)
-    f = cache / (f"hard-{n}.npz" if kinds is None else f"hard-{n}-{'-'.join(kinds)}.npz")
+    if still:
+        pairs = hard_pairs(n, seed=13, kinds=kinds or DEGRADED, warps=STILL)
+        name = f"hard-{n}-{'-'.join(kinds or DEGRADED)}-still.npz"
+    elif kinds is None:
+        pairs, name = hard_pairs(n), f"hard-{n}.npz"
+    else:
+        pairs, name = hard_pairs(n, seed=11, kinds=kinds), f"hard-{n}-{'-'.join(kinds)}.npz"
+    f = cache / name
     if f.exists():
         z = np.load(f, allow_pickle=False)
         feats = [(z[f"k0_{i}"], z[f"k1_{i}"], z[f"m_{i}"]) for i in range(n)]
@@ -267,7 +273,8 @@ def validate_hard(args: argparse.Namespace) -> None:
     LO-RANSAC homography from them puts the corners within 5 / 10 px of the truth."""
     from hard_pairs import PHOTOMETRIC
 
-    data = _hard_data(args.pairs, Path(args.cache), tuple(args.kinds) if args.kinds else None)
+    kinds = tuple(args.kinds) if args.kinds else (DEGRADED if args.still else None)
+    data = _hard_data(args.pairs, Path(args.cache), kinds, args.still)
     print(f"{len(data)} pairs ({', '.join(sorted({d[0].kind for d in data}))}), "
           f"{np.mean([len(d[3]) for d in data]):.0f} MNN matches/pair\n")
     print("| method | set | MMA@1 | @3 | @5 | @10 | H within 5 px | 10 px | s/pair |\n"
@@ -276,24 +283,30 @@ def validate_hard(args: argparse.Namespace) -> None:
     for name in args.configs or [CHOSEN]:
         methods += [(name, CANDIDATES[name], "all"),
                     (f"{name}, verified first", CANDIDATES[name], "verified"),
-                    (f"{name}, verify, refine, re-verify", CANDIDATES[name], "re-verify")]
+                    (f"{name}, verify, refine, re-verify (F)", CANDIDATES[name], "fundamental"),
+                    (f"{name}, verify, refine, re-verify (pair's geometry)", CANDIDATES[name],
+                     "auto")]
     for label, cfg, order in methods:
         feats = PatchFeatures(cfg, pick_device(cfg.device)) if cfg else None
-        errs, corner, kinds, t = [], [], [], time.perf_counter()
+        errs, corner, pair_kinds, t = [], [], [], time.perf_counter()
         for p, k0, k1, m in data:
-            if order == "re-verify":
-                k0, k1 = refine_verified(p.img0, p.img1, k0, k1, m, cfg, feats)
+            if order in ("fundamental", "auto"):
+                k0, k1 = refine_verified(p.img0, p.img1, k0, k1, m, cfg, feats, geometry=order)
             elif cfg is not None:
                 sel = epipolar_inliers(k0, k1, m) if order == "verified" else np.ones(len(m), bool)
                 k0, k1 = refine_pair(p.img0, p.img1, k0, k1, m[sel], cfg, feats)
             errs.append(match_errors(k0, k1, m, p.H))
             corner.append(_corner_error(_homography(k0, k1, m)[0], p.H, p.img0.shape[0]))
-            kinds.append(p.kind)
+            pair_kinds.append(p.kind)
         sec = (time.perf_counter() - t) / len(data)
-        corner_a, kinds_a = np.array(corner), np.array(kinds)
+        if order == "auto":
+            models = [two_view_model(k0, k1, m) for _, k0, k1, m in data]
+            print(f"(pairs whose geometry is a homography: "
+                  f"{sum(x is not None and x.kind == 'homography' for x in models)} of {len(data)})")
+        corner_a, kinds_a = np.array(corner), np.array(pair_kinds)
         subsets = [("all", np.ones(len(data), bool))]
-        if args.kinds:
-            subsets += [(k, kinds_a == k) for k in args.kinds]
+        if kinds:
+            subsets += [(k, kinds_a == k) for k in kinds]
         else:
             subsets += [("photometric", np.isin(kinds_a, PHOTOMETRIC)),
                         ("viewpoint", kinds_a == "viewpoint")]
@@ -317,6 +330,7 @@ def evaluate(args: argparse.Namespace) -> None:
     print("| set | method | MMA@1 | @3 | @5 | @10 | matches/pair |\n"
           "| --- | --- | --- | --- | --- | --- | --- |")
     cost = {"extract": 0.0, "match": 0.0, "refine": 0.0, "images": 0, "pairs": 0}
+    planar = 0
     for root in roots:
         root, seqs, _, _ = find_sequences(root)
         work = Path(args.work) / root.name
@@ -332,7 +346,9 @@ def evaluate(args: argparse.Namespace) -> None:
                 errs: dict[str, list[np.ndarray]] = {
                     "d2 unrefined": [], "d2 + bias fix": [], "d2 refined": [],
                     "d2 refined, verified first": [],
-                    "d2 refined, verify, refine, re-verify": [], "COLMAP SIFT": []}
+                    "d2 refined, verify, refine, re-verify (F)": [],
+                    "d2 refined, verify, refine, re-verify (pair's geometry)": [],
+                    "COLMAP SIFT": []}
                 nm: dict[str, list[int]] = {key: [] for key in errs}
                 img0 = load_rgb(s.images[0].path)
                 for k in range(1, 6):
@@ -349,22 +365,27 @@ def evaluate(args: argparse.Namespace) -> None:
                     cost["refine"] += time.perf_counter() - t
                     cost["pairs"] += 1
                     errs["d2 refined"].append(match_errors(k0, k1, pd.matches, H))
+                    model = two_view_model(pd.kp0, pd.kp1, pd.matches)
+                    planar += model is not None and model.kind == "homography"
                     verified = pd.matches[epipolar_inliers(pd.kp0, pd.kp1, pd.matches)]
                     k0, k1 = refine_pair(img0, img1, pd.kp0, pd.kp1, verified, cfg, feats)
                     errs["d2 refined, verified first"].append(match_errors(k0, k1, pd.matches, H))
-                    k0, k1 = refine_verified(img0, img1, pd.kp0, pd.kp1, pd.matches, cfg, feats)
-                    errs["d2 refined, verify, refine, re-verify"].append(
-                        match_errors(k0, k1, pd.matches, H))
+                    for geometry, key in (("fundamental", "(F)"), ("auto", "(pair's geometry)")):
+                        k0, k1 = refine_verified(img0, img1, pd.kp0, pd.kp1, pd.matches, cfg,
+                                                 feats, geometry=geometry)
+                        errs[f"d2 refined, verify, refine, re-verify {key}"].append(
+                            match_errors(k0, k1, pd.matches, H))
                     ps = rs.get(a, b)
                     errs["COLMAP SIFT"].append(match_errors(ps.kp0, ps.kp1, ps.matches, H))
-                    for key in ("d2 unrefined", "d2 + bias fix", "d2 refined",
-                                "d2 refined, verified first",
-                                "d2 refined, verify, refine, re-verify"):
-                        nm[key].append(len(pd.matches))
+                    for key in errs:
+                        if key != "COLMAP SIFT":
+                            nm[key].append(len(pd.matches))
                     nm["COLMAP SIFT"].append(len(ps.matches))
                 for key, e in errs.items():
                     print(row(f"{root.name}/{s.name} | {key}", mma(e), f" {np.mean(nm[key]):.0f} |"),
                           flush=True)
+    print(f"\npairs whose geometry is a homography (planar or panoramic, COLMAP's rule): "
+          f"{planar} of {cost['pairs']}")
     print(f"\n| cost (CPU, {torch.get_num_threads()} threads) | seconds |\n| --- | --- |")
     if cost["images"]:
         print(f"| d2 extraction per image | {cost['extract'] / cost['images']:.2f} |")
@@ -389,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--configs", nargs="*", choices=list(CANDIDATES))
     h.add_argument("--cache", default="/tmp/refine-hard")
     h.add_argument("--kinds", nargs="*", help="e.g. blur jpeg: the degradation set instead")
+    h.add_argument("--still", action="store_true",
+                   help="the degradations (blur, jpeg) with a camera that hardly moved")
     e = sub.add_parser("evaluate")
     e.add_argument("--config", default=CHOSEN, choices=list(CANDIDATES))
     e.add_argument("--data", default="/work/shared/data")

@@ -238,10 +238,12 @@ def test_outcomes_say_what_moved_and_what_a_guard_undid(photo: np.ndarray) -> No
     assert np.abs(r.points.numpy()[inner] - truth[inner]).max() < 0.1
 
 
-def test_refine_verified_moves_verified_matches_only(photo: np.ndarray) -> None:
-    """Two-view order: a LO-RANSAC fundamental matrix first; its inliers are refined, wrong
-    matches (random positions) are left where they are; every move keeps the geometry."""
-    from d2cli.colmap.verification import epipolar_geometry, sampson_error
+@pytest.mark.parametrize("geometry", ["auto", "fundamental"])
+def test_refine_verified_moves_verified_matches_only(photo: np.ndarray, geometry: str) -> None:
+    """Two-view order: the pair's LO-RANSAC geometry first (a plane: the homography under
+    "auto", F under "fundamental"); its inliers are refined, wrong matches (random
+    positions) are left where they are; every move keeps the geometry."""
+    from d2cli.colmap.verification import TwoViewModel, epipolar_geometry, two_view_model
     from d2cli.refine import refine_verified
 
     H = np.array([[1, 0, 1.3], [0, 1, -0.7], [0, 0, 1.0]])
@@ -253,14 +255,69 @@ def test_refine_verified_moves_verified_matches_only(photo: np.ndarray) -> None:
                           rng.uniform(30, 225, (16, 2)).astype(np.float32)])
     m = np.stack([np.arange(80)] * 2, 1)
     counts: dict[str, int] = {}
-    _, k1 = refine_verified(photo, img1, kp0, kp1, m, IMAGE, counts=counts)
-    F, inliers = epipolar_geometry(kp0, kp1, m)
-    assert inliers[:64].all() and inliers[64:].sum() <= 4  # a plane: F is loose
+    _, k1 = refine_verified(photo, img1, kp0, kp1, m, IMAGE, counts=counts, geometry=geometry)
+    if geometry == "auto":
+        model = two_view_model(kp0, kp1, m)
+        assert model is not None and model.kind == "homography"
+        assert model.inliers[:64].all() and not model.inliers[64:].any()
+    else:
+        model = TwoViewModel("fundamental", *epipolar_geometry(kp0, kp1, m))
+        assert model.inliers[:64].all() and model.inliers[64:].sum() <= 4  # a plane: F is loose
+    inliers = model.inliers
     assert np.array_equal(k1[64:][~inliers[64:]], kp1[64:][~inliers[64:]])  # not verified
     after = np.linalg.norm(k1[:64] - truth, axis=1)
     assert np.median(after) < 0.35 and counts["moved"] >= 60
-    assert (sampson_error(F, kp0[inliers], k1[inliers]) <= 4.0).all()
+    assert (model.errors(kp0[inliers], k1[inliers]) <= 4.0).all()
     assert sum(counts.values()) == inliers.sum()
+
+
+def _views(rng: np.random.Generator, depth: tuple[float, float], n: int = 200,
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """n random points at depths in ``depth`` seen by two 640 x 480 cameras (f = 500), the
+    second 1 unit to the right and turned 5 deg: (kp0, kp1) (n, 2) each, 0.3 px noise."""
+    K = np.array([[500, 0, 320], [0, 500, 240], [0, 0, 1.0]])
+    x = np.c_[rng.uniform(40, 600, n), rng.uniform(40, 440, n), np.ones(n)]
+    X = (x @ np.linalg.inv(K).T) * rng.uniform(*depth, n)[:, None]
+    a = np.radians(5)
+    R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    y = (X @ R.T - [1.0, 0, 0]) @ K.T
+    noise = lambda: rng.normal(0, 0.3, (n, 2))  # noqa: E731
+    return x[:, :2] + noise(), y[:, :2] / y[:, 2:] + noise()
+
+
+def test_two_view_model_is_the_homography_of_a_plane_and_f_of_a_scene_in_depth() -> None:
+    """COLMAP's rule: a homography that explains (nearly) all of F's inliers is the pair's
+    geometry (a plane here; a rotation-only pair alike); depth makes it F. Wrong matches
+    are outliers either way."""
+    from d2cli.colmap.verification import transfer_error, two_view_model
+
+    rng = np.random.default_rng(0)
+    m = np.stack([np.arange(200)] * 2, 1)
+    for depth, kind in (((10.0, 10.0), "homography"), ((4.0, 40.0), "fundamental")):
+        kp0, kp1 = _views(rng, depth)
+        kp1[:30] = rng.uniform(0, 480, (30, 2))  # wrong matches
+        model = two_view_model(kp0, kp1, m)
+        assert model is not None and model.kind == kind
+        assert model.inliers[30:].mean() > 0.95 and model.inliers[:30].sum() <= 3
+    # on the plane, a 6 px move along the epipolar line is off the homography
+    plane0, plane1 = _views(rng, (10.0, 10.0))
+    model = two_view_model(plane0, plane1, m)
+    assert model is not None and model.kind == "homography"
+    along = plane1 + [6.0, 0.0]  # the baseline is along x: so are the epipolar lines
+    assert (model.errors(plane0, along) > 4.0).all()  # the threshold: undone
+    np.testing.assert_allclose(model.errors(plane0, along),
+                               transfer_error(model.matrix, plane0, along))
+
+
+def test_transfer_error_is_the_distance_to_the_mapped_point() -> None:
+    from d2cli.colmap.verification import transfer_error
+
+    H = np.array([[2.0, 0, 1], [0, 2, 0], [0, 0, 1]])
+    x0 = np.array([[1.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(transfer_error(H, x0, np.array([[3.0, 6.0], [1.0, 0.0]])),
+                               [4.0, 0.0])
+    H[2] = [1.0, 0, 0]  # maps x = 0 to infinity: no finite error
+    assert transfer_error(H, x0[1:], x0[1:])[0] == np.inf
 
 
 def test_sampson_error_is_the_distance_to_the_epipolar_line_for_a_translation() -> None:
@@ -271,3 +328,68 @@ def test_sampson_error_is_the_distance_to_the_epipolar_line_for_a_translation() 
     x1 = np.array([[40.0, 23.0], [0.0, 7.0]])
     # the Sampson error splits the distance between the two views: |dy| / sqrt(2)
     np.testing.assert_allclose(sampson_error(F, x0, x1), [3 / np.sqrt(2), 0.0], atol=1e-12)
+
+
+def test_neighbour_prediction_follows_the_local_motion_and_ignores_wrong_matches() -> None:
+    """Each match's point predicted from its nearest *other* matches' affine motion: exact
+    for an affine motion, unspoilt by a wrong neighbour, NaN for neighbours on a line."""
+    import torch
+
+    from d2cli.refine.search import neighbour_drift, neighbour_prediction
+
+    A = np.array([[1.1, 0.2], [-0.15, 0.9]])
+    x0 = grid_points(6, 20, 220).astype(np.float64)
+    x1 = x0 @ A.T + [5.0, -3.0]
+    wrong = x1.copy()
+    wrong[14] += [25.0, -18.0]  # one wrong match among its neighbours' neighbours
+    t = lambda a: torch.from_numpy(a.astype(np.float32))  # noqa: E731
+    pred = neighbour_prediction(t(x0), t(wrong), 12).numpy()
+    others = np.arange(len(x0)) != 14
+    assert np.abs(pred[others] - x1[others]).max() < 1e-2
+    assert np.abs(pred[14] - x1[14]).max() < 1e-2  # left out of its own prediction
+    line = np.c_[np.linspace(0, 200, 20), np.full(20, 50.0)]
+    assert np.isnan(neighbour_prediction(t(line), t(line + 3), 12).numpy()).all()
+    # drift: a 6 px jump away from the prediction, a 6 px move onto it, a 1 px polish
+    after = x1.copy()
+    after[3] += [6.0, 0.0]
+    start = x1.copy()
+    start[7] += [0.0, 6.0]
+    after[9] += [0.6, 0.8]
+    drift = neighbour_drift(t(x0), t(start), t(after), 12).numpy()
+    assert drift[3] == pytest.approx(6.0, abs=0.05) and drift[7] == pytest.approx(-6.0, abs=0.05)
+    assert drift[9] == pytest.approx(1.0, abs=0.05)
+    assert np.abs(np.delete(drift, [3, 7, 9])).max() < 0.05
+
+
+def test_a_jump_along_the_epipolar_line_to_a_look_alike_is_undone(photo: np.ndarray) -> None:
+    """F checks only across its epipolar lines. A copy of a keypoint's surroundings 9 px
+    along its line, with the true spot damaged, draws the search there: F alone keeps
+    that move, the neighbours' motion does not, so refine_verified leaves the point."""
+    from d2cli.colmap.verification import epipolar_geometry, sampson_error
+    from d2cli.refine import refine_pair, refine_verified
+
+    H = np.array([[1, 0, 1.3], [0, 1, -0.7], [0, 0, 1.0]])
+    img1 = warp(photo, H)
+    rng = np.random.default_rng(5)
+    kp0 = grid_points(8)
+    truth = apply(H, kp0)
+    kp1 = truth + rng.uniform(-1, 1, truth.shape).astype(np.float32)
+    m = np.stack([np.arange(64)] * 2, 1)
+    F, inliers = epipolar_geometry(kp0, kp1, m)
+    assert inliers.all()
+    i = 27
+    line = F @ np.r_[kp0[i], 1.0]  # a x + b y + c = 0 in image 1
+    along = np.array([line[1], -line[0]]) / np.hypot(line[0], line[1])
+    decoy = truth[i] + 9 * along
+    assert sampson_error(F, kp0[i:i + 1], decoy[None])[0] < 4.0  # F would keep the jump
+    y, x = np.round(truth[i]).astype(int)[::-1]
+    dy, dx = np.round(decoy).astype(int)[::-1] - (y, x)
+    faked = img1.copy()
+    faked[y - 6:y + 7, x - 6:x + 7] = rng.integers(0, 256, (13, 13, 3))  # the true spot, damaged
+    faked[y + dy - 8:y + dy + 9, x + dx - 8:x + dx + 9] = img1[y - 8:y + 9, x - 8:x + 9]
+    _, jumped = refine_pair(photo, faked, kp0, kp1, m, RefineConfig())
+    assert np.linalg.norm(jumped[i] - decoy) < 1.5  # the look-alike draws the search
+    _, k1 = refine_verified(photo, faked, kp0, kp1, m, RefineConfig(), geometry="fundamental")
+    assert np.array_equal(k1[i], kp1[i])  # undone: it left its neighbours' motion
+    others = np.arange(64) != i
+    assert np.median(np.linalg.norm(k1[others] - truth[others], axis=1)) < 0.35

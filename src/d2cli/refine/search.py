@@ -124,28 +124,23 @@ def search(feats: PatchFeatures, image: torch.Tensor, points: torch.Tensor,
 MIN_SPREAD = 4.0  # px: neighbours closer than this fit their keypoints' noise, not a warp
 
 
-def local_affine(x0: torch.Tensor, x1: torch.Tensor, k: int, block: int = 1024,
-                 at: torch.Tensor | None = None) -> torch.Tensor:
-    """For each match (x0[i] -> x1[i], (M, 2) each) the 2x2 affine part (M, 2, 2) of a
-    least-squares fit x1 ~ A x0 + t over its k nearest matches in image 0; with ``at``
-    (Q, 2) image-0 points, the fits around those instead (Q, 2, 2).
+def _local_fits(x0: torch.Tensor, x1: torch.Tensor, k: int, queries: torch.Tensor,
+                skip_self: bool, block: int = 1024,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares fits x1 ~ A x0 + t over each query's (Q, 2) k nearest matches in image
+    0 (skip_self: queries are x0 itself, and each query's own match is left out).
 
     Two rounds: the second drops neighbours whose residual exceeds 3x the median (wrong
-    matches). Too few matches, neighbours on a line (their spread across it under a tenth
-    of that along it) or within MIN_SPREAD px of each other, and degenerate or extreme
-    fits (singular values outside 1/8..8) give the identity: refinement then searches
-    without the warp.
+    matches). Returns A (Q, 2, 2), the prediction A q + t (Q, 2), and whether the fit is
+    unusable (Q,): neighbours on a line (their spread across it under a tenth of that
+    along it) or within MIN_SPREAD px of each other, or a non-finite A.
     """
-    queries = x0 if at is None else at
-    M = len(x0)
-    eye = torch.eye(2, device=x0.device).expand(len(queries), 2, 2).clone()
-    if M < 4:
-        return eye
-    k = min(k, M)
+    k = min(k, len(x0) - int(skip_self))
     out = []
     for b0 in range(0, len(queries), block):
         q = queries[b0 : b0 + block]
-        nn_idx = torch.cdist(q, x0).topk(k, largest=False).indices  # (B, k)
+        nn_idx = torch.cdist(q, x0).topk(k + int(skip_self), largest=False).indices
+        nn_idx = nn_idx[:, int(skip_self):]  # (B, k); the nearest of x0 to itself is itself
         a, b = x0[nn_idx], x1[nn_idx]  # (B, k, 2)
         w = torch.ones(a.shape[:2], device=x0.device)
         for _ in range(2):
@@ -159,10 +154,47 @@ def local_affine(x0: torch.Tensor, x1: torch.Tensor, k: int, block: int = 1024,
             w = (res <= 3 * res.median(dim=1, keepdim=True).values.clamp(min=0.5)).float()
         # (B, 2) rms spread of the neighbours across / along their main axis
         spread = (torch.linalg.eigvalsh(cov_aa) / w.sum(1, keepdim=True).clamp(min=1)).sqrt()
-        out.append((A, (spread[:, 0] < 0.1 * spread[:, 1]) | (spread[:, 0] < MIN_SPREAD)))
-    A = torch.cat([a for a, _ in out])
-    bad = torch.cat([b for _, b in out]) | ~torch.isfinite(A).flatten(1).all(1)
+        pred = mb[:, 0] + torch.einsum("bij,bj->bi", A, q - ma[:, 0])
+        bad = (spread[:, 0] < 0.1 * spread[:, 1]) | (spread[:, 0] < MIN_SPREAD)
+        out.append((A, pred, bad | ~torch.isfinite(A).flatten(1).all(1)))
+    return tuple(torch.cat([o[j] for o in out]) for j in range(3))  # type: ignore[return-value]
+
+
+def local_affine(x0: torch.Tensor, x1: torch.Tensor, k: int, block: int = 1024,
+                 at: torch.Tensor | None = None) -> torch.Tensor:
+    """For each match (x0[i] -> x1[i], (M, 2) each) the 2x2 affine part (M, 2, 2) of a
+    least-squares fit x1 ~ A x0 + t over its k nearest matches in image 0; with ``at``
+    (Q, 2) image-0 points, the fits around those instead (Q, 2, 2).
+
+    Robust as :func:`_local_fits`. Too few matches, unusable neighbourhoods and degenerate
+    or extreme fits (singular values outside 1/8..8) give the identity: refinement then
+    searches without the warp.
+    """
+    queries = x0 if at is None else at
+    eye = torch.eye(2, device=x0.device).expand(len(queries), 2, 2).clone()
+    if len(x0) < 4:
+        return eye
+    A, _, bad = _local_fits(x0, x1, k, queries, skip_self=False, block=block)
     A = torch.where(bad[:, None, None], eye, A)
     sv = torch.linalg.svdvals(A)
     bad = bad | (sv[:, 1] < 1 / 8) | (sv[:, 0] > 8) | (torch.linalg.det(A) <= 0)
     return torch.where(bad[:, None, None], eye, A)
+
+
+def neighbour_prediction(x0: torch.Tensor, x1: torch.Tensor, k: int) -> torch.Tensor:
+    """(M, 2) where each match's k nearest other matches (x0 -> x1, (M, 2) each) put its
+    image-1 point: their robust local affine motion (:func:`_local_fits`) applied to its
+    x0; NaN where that fit is unusable or there are fewer than 5 matches."""
+    if len(x0) < 5:
+        return torch.full_like(x1, float("nan"))
+    _, pred, bad = _local_fits(x0, x1, k, x0, skip_self=True)
+    return pred.masked_fill(bad[:, None], float("nan"))
+
+
+def neighbour_drift(x0: torch.Tensor, before: torch.Tensor, after: torch.Tensor, k: int,
+                    ) -> torch.Tensor:
+    """(M,) how much further (px; < 0: closer) each moved image-1 point ``after`` (M, 2)
+    lies than its start ``before`` (M, 2) from :func:`neighbour_prediction` (the matches
+    x0 -> before); NaN where there is no prediction."""
+    pred = neighbour_prediction(x0, before, k)
+    return (after - pred).norm(dim=1) - (before - pred).norm(dim=1)
