@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from hard_pairs import DEGRADED, random_crop  # benchmarks/ is on sys.path
 
-from d2cli.colmap.verification import epipolar_inliers, two_view_model
+from d2cli.colmap.verification import epipolar_inliers
 from d2cli.device import pick_device
 from d2cli.eval.hpatches import find_sequences, match_errors
 from d2cli.eval.methods import PairReader, d2_method, run_methods, sift_method
@@ -283,15 +283,13 @@ def validate_hard(args: argparse.Namespace) -> None:
     for name in args.configs or [CHOSEN]:
         methods += [(name, CANDIDATES[name], "all"),
                     (f"{name}, verified first", CANDIDATES[name], "verified"),
-                    (f"{name}, verify, refine, re-verify (F)", CANDIDATES[name], "fundamental"),
-                    (f"{name}, verify, refine, re-verify (pair's geometry)", CANDIDATES[name],
-                     "auto")]
+                    (f"{name}, verify, refine, re-verify", CANDIDATES[name], "re-verify")]
     for label, cfg, order in methods:
         feats = PatchFeatures(cfg, pick_device(cfg.device)) if cfg else None
         errs, corner, pair_kinds, t = [], [], [], time.perf_counter()
         for p, k0, k1, m in data:
-            if order in ("fundamental", "auto"):
-                k0, k1 = refine_verified(p.img0, p.img1, k0, k1, m, cfg, feats, geometry=order)
+            if order == "re-verify":
+                k0, k1 = refine_verified(p.img0, p.img1, k0, k1, m, cfg, feats)
             elif cfg is not None:
                 sel = epipolar_inliers(k0, k1, m) if order == "verified" else np.ones(len(m), bool)
                 k0, k1 = refine_pair(p.img0, p.img1, k0, k1, m[sel], cfg, feats)
@@ -299,10 +297,6 @@ def validate_hard(args: argparse.Namespace) -> None:
             corner.append(_corner_error(_homography(k0, k1, m)[0], p.H, p.img0.shape[0]))
             pair_kinds.append(p.kind)
         sec = (time.perf_counter() - t) / len(data)
-        if order == "auto":
-            models = [two_view_model(k0, k1, m) for _, k0, k1, m in data]
-            print(f"(pairs whose geometry is a homography: "
-                  f"{sum(x is not None and x.kind == 'homography' for x in models)} of {len(data)})")
         corner_a, kinds_a = np.array(corner), np.array(pair_kinds)
         subsets = [("all", np.ones(len(data), bool))]
         if kinds:
@@ -330,7 +324,6 @@ def evaluate(args: argparse.Namespace) -> None:
     print("| set | method | MMA@1 | @3 | @5 | @10 | matches/pair |\n"
           "| --- | --- | --- | --- | --- | --- | --- |")
     cost = {"extract": 0.0, "match": 0.0, "refine": 0.0, "images": 0, "pairs": 0}
-    planar = 0
     for root in roots:
         root, seqs, _, _ = find_sequences(root)
         work = Path(args.work) / root.name
@@ -346,9 +339,7 @@ def evaluate(args: argparse.Namespace) -> None:
                 errs: dict[str, list[np.ndarray]] = {
                     "d2 unrefined": [], "d2 + bias fix": [], "d2 refined": [],
                     "d2 refined, verified first": [],
-                    "d2 refined, verify, refine, re-verify (F)": [],
-                    "d2 refined, verify, refine, re-verify (pair's geometry)": [],
-                    "COLMAP SIFT": []}
+                    "d2 refined, verify, refine, re-verify": [], "COLMAP SIFT": []}
                 nm: dict[str, list[int]] = {key: [] for key in errs}
                 img0 = load_rgb(s.images[0].path)
                 for k in range(1, 6):
@@ -365,16 +356,12 @@ def evaluate(args: argparse.Namespace) -> None:
                     cost["refine"] += time.perf_counter() - t
                     cost["pairs"] += 1
                     errs["d2 refined"].append(match_errors(k0, k1, pd.matches, H))
-                    model = two_view_model(pd.kp0, pd.kp1, pd.matches)
-                    planar += model is not None and model.kind == "homography"
                     verified = pd.matches[epipolar_inliers(pd.kp0, pd.kp1, pd.matches)]
                     k0, k1 = refine_pair(img0, img1, pd.kp0, pd.kp1, verified, cfg, feats)
                     errs["d2 refined, verified first"].append(match_errors(k0, k1, pd.matches, H))
-                    for geometry, key in (("fundamental", "(F)"), ("auto", "(pair's geometry)")):
-                        k0, k1 = refine_verified(img0, img1, pd.kp0, pd.kp1, pd.matches, cfg,
-                                                 feats, geometry=geometry)
-                        errs[f"d2 refined, verify, refine, re-verify {key}"].append(
-                            match_errors(k0, k1, pd.matches, H))
+                    k0, k1 = refine_verified(img0, img1, pd.kp0, pd.kp1, pd.matches, cfg, feats)
+                    errs["d2 refined, verify, refine, re-verify"].append(
+                        match_errors(k0, k1, pd.matches, H))
                     ps = rs.get(a, b)
                     errs["COLMAP SIFT"].append(match_errors(ps.kp0, ps.kp1, ps.matches, H))
                     for key in errs:
@@ -384,8 +371,6 @@ def evaluate(args: argparse.Namespace) -> None:
                 for key, e in errs.items():
                     print(row(f"{root.name}/{s.name} | {key}", mma(e), f" {np.mean(nm[key]):.0f} |"),
                           flush=True)
-    print(f"\npairs whose geometry is a homography (planar or panoramic, COLMAP's rule): "
-          f"{planar} of {cost['pairs']}")
     print(f"\n| cost (CPU, {torch.get_num_threads()} threads) | seconds |\n| --- | --- |")
     if cost["images"]:
         print(f"| d2 extraction per image | {cost['extract'] / cost['images']:.2f} |")

@@ -238,12 +238,10 @@ def test_outcomes_say_what_moved_and_what_a_guard_undid(photo: np.ndarray) -> No
     assert np.abs(r.points.numpy()[inner] - truth[inner]).max() < 0.1
 
 
-@pytest.mark.parametrize("geometry", ["auto", "fundamental"])
-def test_refine_verified_moves_verified_matches_only(photo: np.ndarray, geometry: str) -> None:
-    """Two-view order: the pair's LO-RANSAC geometry first (a plane: the homography under
-    "auto", F under "fundamental"); its inliers are refined, wrong matches (random
-    positions) are left where they are; every move keeps the geometry."""
-    from d2cli.colmap.verification import TwoViewModel, epipolar_geometry, two_view_model
+def test_refine_verified_moves_verified_matches_only(photo: np.ndarray) -> None:
+    """Two-view order: a LO-RANSAC fundamental matrix first; its inliers are refined, wrong
+    matches (random positions) are left where they are; every move keeps the geometry."""
+    from d2cli.colmap.verification import epipolar_geometry, sampson_error
     from d2cli.refine import refine_verified
 
     H = np.array([[1, 0, 1.3], [0, 1, -0.7], [0, 0, 1.0]])
@@ -255,69 +253,14 @@ def test_refine_verified_moves_verified_matches_only(photo: np.ndarray, geometry
                           rng.uniform(30, 225, (16, 2)).astype(np.float32)])
     m = np.stack([np.arange(80)] * 2, 1)
     counts: dict[str, int] = {}
-    _, k1 = refine_verified(photo, img1, kp0, kp1, m, IMAGE, counts=counts, geometry=geometry)
-    if geometry == "auto":
-        model = two_view_model(kp0, kp1, m)
-        assert model is not None and model.kind == "homography"
-        assert model.inliers[:64].all() and not model.inliers[64:].any()
-    else:
-        model = TwoViewModel("fundamental", *epipolar_geometry(kp0, kp1, m))
-        assert model.inliers[:64].all() and model.inliers[64:].sum() <= 4  # a plane: F is loose
-    inliers = model.inliers
+    _, k1 = refine_verified(photo, img1, kp0, kp1, m, IMAGE, counts=counts)
+    F, inliers = epipolar_geometry(kp0, kp1, m)
+    assert inliers[:64].all() and inliers[64:].sum() <= 4  # a plane: F is loose
     assert np.array_equal(k1[64:][~inliers[64:]], kp1[64:][~inliers[64:]])  # not verified
     after = np.linalg.norm(k1[:64] - truth, axis=1)
     assert np.median(after) < 0.35 and counts["moved"] >= 60
-    assert (model.errors(kp0[inliers], k1[inliers]) <= 4.0).all()
+    assert (sampson_error(F, kp0[inliers], k1[inliers]) <= 4.0).all()
     assert sum(counts.values()) == inliers.sum()
-
-
-def _views(rng: np.random.Generator, depth: tuple[float, float], n: int = 200,
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """n random points at depths in ``depth`` seen by two 640 x 480 cameras (f = 500), the
-    second 1 unit to the right and turned 5 deg: (kp0, kp1) (n, 2) each, 0.3 px noise."""
-    K = np.array([[500, 0, 320], [0, 500, 240], [0, 0, 1.0]])
-    x = np.c_[rng.uniform(40, 600, n), rng.uniform(40, 440, n), np.ones(n)]
-    X = (x @ np.linalg.inv(K).T) * rng.uniform(*depth, n)[:, None]
-    a = np.radians(5)
-    R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
-    y = (X @ R.T - [1.0, 0, 0]) @ K.T
-    noise = lambda: rng.normal(0, 0.3, (n, 2))  # noqa: E731
-    return x[:, :2] + noise(), y[:, :2] / y[:, 2:] + noise()
-
-
-def test_two_view_model_is_the_homography_of_a_plane_and_f_of_a_scene_in_depth() -> None:
-    """COLMAP's rule: a homography that explains (nearly) all of F's inliers is the pair's
-    geometry (a plane here; a rotation-only pair alike); depth makes it F. Wrong matches
-    are outliers either way."""
-    from d2cli.colmap.verification import transfer_error, two_view_model
-
-    rng = np.random.default_rng(0)
-    m = np.stack([np.arange(200)] * 2, 1)
-    for depth, kind in (((10.0, 10.0), "homography"), ((4.0, 40.0), "fundamental")):
-        kp0, kp1 = _views(rng, depth)
-        kp1[:30] = rng.uniform(0, 480, (30, 2))  # wrong matches
-        model = two_view_model(kp0, kp1, m)
-        assert model is not None and model.kind == kind
-        assert model.inliers[30:].mean() > 0.95 and model.inliers[:30].sum() <= 3
-    # on the plane, a 6 px move along the epipolar line is off the homography
-    plane0, plane1 = _views(rng, (10.0, 10.0))
-    model = two_view_model(plane0, plane1, m)
-    assert model is not None and model.kind == "homography"
-    along = plane1 + [6.0, 0.0]  # the baseline is along x: so are the epipolar lines
-    assert (model.errors(plane0, along) > 4.0).all()  # the threshold: undone
-    np.testing.assert_allclose(model.errors(plane0, along),
-                               transfer_error(model.matrix, plane0, along))
-
-
-def test_transfer_error_is_the_distance_to_the_mapped_point() -> None:
-    from d2cli.colmap.verification import transfer_error
-
-    H = np.array([[2.0, 0, 1], [0, 2, 0], [0, 0, 1]])
-    x0 = np.array([[1.0, 1.0], [0.0, 0.0]])
-    np.testing.assert_allclose(transfer_error(H, x0, np.array([[3.0, 6.0], [1.0, 0.0]])),
-                               [4.0, 0.0])
-    H[2] = [1.0, 0, 0]  # maps x = 0 to infinity: no finite error
-    assert transfer_error(H, x0[1:], x0[1:])[0] == np.inf
 
 
 def test_sampson_error_is_the_distance_to_the_epipolar_line_for_a_translation() -> None:
@@ -389,7 +332,7 @@ def test_a_jump_along_the_epipolar_line_to_a_look_alike_is_undone(photo: np.ndar
     faked[y + dy - 8:y + dy + 9, x + dx - 8:x + dx + 9] = img1[y - 8:y + 9, x - 8:x + 9]
     _, jumped = refine_pair(photo, faked, kp0, kp1, m, RefineConfig())
     assert np.linalg.norm(jumped[i] - decoy) < 1.5  # the look-alike draws the search
-    _, k1 = refine_verified(photo, faked, kp0, kp1, m, RefineConfig(), geometry="fundamental")
+    _, k1 = refine_verified(photo, faked, kp0, kp1, m, RefineConfig())
     assert np.array_equal(k1[i], kp1[i])  # undone: it left its neighbours' motion
     others = np.arange(64) != i
     assert np.median(np.linalg.norm(k1[others] - truth[others], axis=1)) < 0.35

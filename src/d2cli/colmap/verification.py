@@ -5,7 +5,6 @@ seconds, and with the raw matches pycolmap empties written back."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,18 +38,6 @@ UNUSABLE_CONFIGS = (int(CONFIG.UNDEFINED), int(CONFIG.DEGENERATE))
 
 # two-view uses (d2 eval --refine): the threshold of COLMAP's two-view geometry (px)
 EPIPOLAR_MAX_ERROR = 4.0
-# COLMAP's rule for uncalibrated pairs: when a homography explains more than this share of
-# the fundamental matrix's inliers, the pair is planar or panoramic (pure rotation), and the
-# homography is its geometry (TwoViewGeometryOptions.max_H_inlier_ratio)
-MAX_H_INLIER_RATIO = pycolmap.TwoViewGeometryOptions().max_H_inlier_ratio
-
-
-def _ransac(max_error: float) -> pycolmap.RANSACOptions:
-    return pycolmap.RANSACOptions(max_error=max_error, **VERIFY_OPTIONS["ransac"])
-
-
-def _matched(kp0: np.ndarray, kp1: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return kp0[m[:, 0], :2].astype(np.float64), kp1[m[:, 1], :2].astype(np.float64)
 
 
 def epipolar_geometry(kp0: np.ndarray, kp1: np.ndarray, matches: np.ndarray,
@@ -61,7 +48,9 @@ def epipolar_geometry(kp0: np.ndarray, kp1: np.ndarray, matches: np.ndarray,
     m = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
     if len(m) < 8:
         return None, np.zeros(len(m), bool)
-    r = pycolmap.estimate_fundamental_matrix(*_matched(kp0, kp1, m), _ransac(max_error))
+    opts = pycolmap.RANSACOptions(max_error=max_error, **VERIFY_OPTIONS["ransac"])
+    r = pycolmap.estimate_fundamental_matrix(kp0[m[:, 0], :2].astype(np.float64),
+                                             kp1[m[:, 1], :2].astype(np.float64), opts)
     if r is None:
         return None, np.zeros(len(m), bool)
     return np.asarray(r["F"]), np.asarray(r["inlier_mask"], bool).reshape(-1)
@@ -82,50 +71,6 @@ def sampson_error(F: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
     num = np.einsum("ij,ij->i", h1, f0) ** 2
     den = f0[:, 0] ** 2 + f0[:, 1] ** 2 + f1[:, 0] ** 2 + f1[:, 1] ** 2
     return np.sqrt(num / np.maximum(den, 1e-12))
-
-
-def transfer_error(H: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
-    """(M,) distance (px) from x1 (M, 2) to H x0 (the error COLMAP's homography RANSAC
-    thresholds)."""
-    h = np.concatenate([x0, np.ones((len(x0), 1))], 1) @ H.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = np.linalg.norm(h[:, :2] / h[:, 2:] - x1, axis=1)
-    return np.where(np.isfinite(d), d, np.inf)
-
-
-@dataclass
-class TwoViewModel:
-    """The geometry of an image pair, as COLMAP decides it without calibration: a
-    fundamental matrix, or the homography of a planar or panoramic pair (see
-    MAX_H_INLIER_RATIO). matrix (3, 3) maps image 0 to image 1; inliers (M,) bool over the
-    matches it was estimated from."""
-
-    kind: str  # "fundamental" | "homography"
-    matrix: np.ndarray
-    inliers: np.ndarray
-
-    def errors(self, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
-        """(M,) px error of point pairs x0, x1 (M, 2): Sampson or transfer error."""
-        if self.kind == "homography":
-            return transfer_error(self.matrix, x0, x1)
-        return sampson_error(self.matrix, x0, x1)
-
-
-def two_view_model(kp0: np.ndarray, kp1: np.ndarray, matches: np.ndarray,
-                   max_error: float = EPIPOLAR_MAX_ERROR) -> TwoViewModel | None:
-    """LO-RANSAC F and H of the matches (M, 2) of kp0 (N0, 2), kp1 (N1, 2) at ``max_error``
-    px; the homography when it keeps more than MAX_H_INLIER_RATIO of F's inliers (a plane,
-    or a camera that only rotated: F is then ill-posed and checks one direction only).
-    None with fewer than 8 matches or no F."""
-    F, f_in = epipolar_geometry(kp0, kp1, matches, max_error)
-    if F is None:
-        return None
-    m = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
-    r = pycolmap.estimate_homography_matrix(*_matched(kp0, kp1, m), _ransac(max_error))
-    if r is not None and r["num_inliers"] > MAX_H_INLIER_RATIO * f_in.sum():
-        return TwoViewModel("homography", np.asarray(r["H"]),
-                            np.asarray(r["inlier_mask"], bool).reshape(-1))
-    return TwoViewModel("fundamental", F, f_in)
 
 
 def verify_pairs(result: ImportResult, pairs: list[tuple[str, str]], mf: MatchFile,

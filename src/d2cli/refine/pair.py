@@ -158,47 +158,36 @@ def refine_pair(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.nda
 def refine_verified(img0: np.ndarray, img1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray,
                     matches: np.ndarray, config: RefineConfig | None = None,
                     feats: PatchFeatures | None = None, counts: Counter[str] | None = None,
-                    max_error: float | None = None, geometry: str = "auto",
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    max_error: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`refine_pair` in the order two-view uses want: verify, refine, re-verify.
 
-    Only the matches (M, 2) that the pair's LO-RANSAC geometry keeps at ``max_error`` px
+    Only the matches (M, 2) that a LO-RANSAC fundamental matrix keeps at ``max_error`` px
     (default: the two-view geometry's, :data:`~d2cli.colmap.verification.EPIPOLAR_MAX_ERROR`)
     are refined: a wrong match is not moved onto a plausible feature. A move is undone, and
-    counted so in ``counts``, when it takes its match off that geometry (error over
+    counted so in ``counts``, when it takes its match off that geometry (Sampson error over
     ``max_error``) or more than ``max_error`` further from where the local affine motion
     of its ``affine_neighbours`` nearest verified matches puts it
-    (:func:`~d2cli.refine.search.neighbour_drift`).
-
-    geometry: "auto", COLMAP's choice (:func:`~d2cli.colmap.verification.two_view_model`:
-    the homography of a planar or panoramic pair, else the fundamental matrix), or
-    "fundamental" always.
-    Returns (kp0 copy, refined kp1), float32.
+    (:func:`~d2cli.refine.search.neighbour_drift`). Returns (kp0 copy, refined kp1), float32.
     """
-    from ..colmap.verification import EPIPOLAR_MAX_ERROR, TwoViewModel, epipolar_geometry, two_view_model
+    from ..colmap.verification import EPIPOLAR_MAX_ERROR, epipolar_geometry, sampson_error
 
-    if geometry not in ("auto", "fundamental"):
-        raise ValueError(f"geometry must be 'auto' or 'fundamental', not {geometry!r}")
+    config = config or RefineConfig()
     max_error = EPIPOLAR_MAX_ERROR if max_error is None else max_error
     matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
-    if geometry == "auto":
-        model = two_view_model(kp0, kp1, matches, max_error)
-    else:
-        F, f_in = epipolar_geometry(kp0, kp1, matches, max_error)
-        model = None if F is None else TwoViewModel("fundamental", F, f_in)
-    verified = matches[model.inliers] if model is not None else matches[:0]
+    F, inliers = epipolar_geometry(kp0, kp1, matches, max_error)
+    verified = matches[inliers]
     own: Counter[str] = Counter()
     k0, k1 = refine_pair(img0, img1, kp0, kp1, verified, config, feats, own)
-    if model is not None and len(verified):
+    if F is not None and len(verified):
         start = np.asarray(kp1, np.float32).reshape(-1, 2)
         x0, before, after = k0[verified[:, 0]], start[verified[:, 1]], k1[verified[:, 1]]
         off = np.zeros(len(kp1), bool)  # kp1 moves per keypoint: any match it left
-        off[verified[model.errors(x0, after) > max_error, 1]] = True
-        # F leaves a move along the epipolar line unchecked: its neighbours' local motion
-        # does not. A move that takes its match more than max_error further from where
-        # they put it jumped to another structure (a wrong peak), not onto its own.
+        off[verified[sampson_error(F, x0, after) > max_error, 1]] = True
+        # F leaves a move along the epipolar line unchecked (and on a plane it is loose):
+        # the neighbours' local motion does not. A move that takes its match more than
+        # max_error further from where they put it jumped to another, similar structure.
         drift = neighbour_drift(*(torch.from_numpy(x) for x in (x0, before, after)),
-                                (config or RefineConfig()).affine_neighbours).numpy()
+                                config.affine_neighbours).numpy()
         off[verified[drift > max_error, 1]] = True  # NaN (no usable neighbourhood): kept
         back = np.flatnonzero(off & (k1 != start).any(axis=1))
         k1[back] = start[back]
