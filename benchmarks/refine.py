@@ -1,14 +1,15 @@
 """Featuremetric keypoint refinement: validation sweep and the final HPatches/Oxford table.
 
     python benchmarks/refine.py validate [--pairs 20] [--configs NAME ...]
-    python benchmarks/refine.py hard [--pairs 40] [--configs NAME ...]
+    python benchmarks/refine.py hard [--pairs 40] [--configs NAME ...] [--kinds blur jpeg] [--still]
     python benchmarks/refine.py evaluate [--multiscale] [--work DIR]
 
 validate: synthetic pairs from the sacre_coeur photos (a 512 crop and a random homography
 of it, d2 train's ranges and photometric changes), d2cli-v1 single scale, mutual NN; MMA
 of every candidate configuration. Tuning happens here only.
 hard: the same, on pairs with strong photometric change and wide baselines
-(benchmarks/hard_pairs.py); also refinement of the verified matches only.
+(benchmarks/hard_pairs.py; --kinds blur jpeg: camera degradations instead; --still: those
+with a camera that hardly moved); also refinement of the verified matches only.
 evaluate: HPatches v_churchill and the Oxford sequences (bark, bikes, graf, ubc), once,
 with the chosen configuration: d2 unrefined / refined / COLMAP SIFT side by side, and
 seconds per pair of refinement vs extraction and matching (same run, CPU, 1 thread).
