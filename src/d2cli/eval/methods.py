@@ -63,8 +63,8 @@ class Method:
 
 def refined_method(m: Method, config: RefineConfig | None = None) -> Method:
     """The same features and matches, each pair's keypoints refined: those of the matches
-    a LO-RANSAC fundamental matrix verifies, moves that leave it undone
-    (:func:`~d2cli.refine.pair.refine_verified`)."""
+    a LO-RANSAC fundamental matrix verifies, moves that leave it or their neighbours' local
+    motion undone (:func:`~d2cli.refine.pair.refine_verified`)."""
     return dataclasses.replace(m, label=f"{m.label} + refine", refine=config or RefineConfig())
 
 
