@@ -3,6 +3,7 @@
     python benchmarks/refine.py validate [--pairs 20] [--configs NAME ...]
     python benchmarks/refine.py hard [--pairs 40] [--configs NAME ...] [--kinds blur jpeg] [--still]
     python benchmarks/refine.py evaluate [--multiscale] [--work DIR]
+    python benchmarks/refine.py guard-cost [--sizes 300 1000 ...]
 
 validate: synthetic pairs from the sacre_coeur photos (a 512 crop and a random homography
 of it, d2 train's ranges and photometric changes), d2cli-v1 single scale, mutual NN; MMA
@@ -381,6 +382,28 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"| refinement per pair | {cost['refine'] / max(cost['pairs'], 1):.2f} |")
 
 
+def guard_cost(args: argparse.Namespace) -> None:
+    """Seconds of the neighbour guard (search.neighbour_drift) against the local affine fits
+    every refined pair already makes (search.local_affine), over the number of verified
+    matches: both are k-nearest-neighbour fits, quadratic in the matches (cdist)."""
+    from d2cli.refine.search import local_affine, neighbour_drift
+
+    g = torch.Generator().manual_seed(0)
+    print("| verified matches | neighbour guard (s) | local affine fits (s) | ratio |\n"
+          "| --- | --- | --- | --- |")
+    for m in args.sizes:
+        x0 = torch.rand(m, 2, generator=g) * 1600
+        x1 = x0 + torch.randn(m, 2, generator=g)
+        moved = x1 + torch.randn(m, 2, generator=g)
+        times = []
+        for fn, fn_args in ((neighbour_drift, (x0, x1, moved, 12)), (local_affine, (x0, x1, 12))):
+            fn(*fn_args)  # warm up
+            t = time.perf_counter()
+            fn(*fn_args)
+            times.append(time.perf_counter() - t)
+        print(f"| {m} | {times[0]:.3f} | {times[1]:.3f} | {times[0] / times[1]:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -398,6 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--kinds", nargs="*", help="e.g. blur jpeg: the degradation set instead")
     h.add_argument("--still", action="store_true",
                    help="the degradations (blur, jpeg) with a camera that hardly moved")
+    c = sub.add_parser("guard-cost")
+    c.add_argument("--sizes", type=int, nargs="*", default=[300, 1000, 3000, 10000])
     e = sub.add_parser("evaluate")
     e.add_argument("--config", default=CHOSEN, choices=list(CANDIDATES))
     e.add_argument("--data", default="/work/shared/data")
@@ -407,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     {"validate": validate, "tracks": validate_tracks, "hard": validate_hard,
-     "evaluate": evaluate}[args.cmd](args)
+     "evaluate": evaluate, "guard-cost": guard_cost}[args.cmd](args)
 
 
 if __name__ == "__main__":
