@@ -157,7 +157,8 @@ def _local_fits(x0: torch.Tensor, x1: torch.Tensor, k: int, queries: torch.Tenso
         pred = mb[:, 0] + torch.einsum("bij,bj->bi", A, q - ma[:, 0])
         bad = (spread[:, 0] < 0.1 * spread[:, 1]) | (spread[:, 0] < MIN_SPREAD)
         out.append((A, pred, bad | ~torch.isfinite(A).flatten(1).all(1)))
-    return tuple(torch.cat([o[j] for o in out]) for j in range(3))  # type: ignore[return-value]
+    A, pred, bad = zip(*out, strict=True)
+    return torch.cat(A), torch.cat(pred), torch.cat(bad)
 
 
 def local_affine(x0: torch.Tensor, x1: torch.Tensor, k: int, block: int = 1024,
